@@ -218,6 +218,10 @@ def write_dataset(out_dir: str | Path, name: str, source_format: str, items: Ite
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
+        # mkdtemp makes the folder private (0700); the dataset should get ordinary permissions
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
         with open(tmp / "items.jsonl", "w", encoding="utf-8") as f:
             for it in items:
                 f.write(json.dumps(asdict(it), ensure_ascii=False) + "\n")
