@@ -83,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     except P5XError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (OSError, UnicodeDecodeError) as e:   # backstop: unreadable files, full disks
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -63,6 +63,19 @@ def open_text(path: Path, encoding: str = "utf-8"):
     return open(path, encoding=encoding, newline="")
 
 
+def numbered_lines(f, path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) for each line of an open text file; undecodable bytes or a broken
+    gzip stream become a DataError naming the line where reading stopped."""
+    lineno = 0
+    try:
+        for lineno, line in enumerate(f, 1):
+            yield lineno, line
+    except UnicodeDecodeError as e:
+        raise DataError(f"not {e.encoding} text ({e.reason})", path, lineno + 1, "line") from None
+    except (OSError, EOFError) as e:   # gzip.BadGzipFile is an OSError
+        raise DataError(f"unreadable ({e})", path, lineno + 1, "line") from None
+
+
 def iter_records(path: Path) -> Iterator[tuple[int, dict]]:
     """(line number, dict) for each non-blank line of a JSON-lines file.
 
@@ -70,7 +83,7 @@ def iter_records(path: Path) -> Iterator[tuple[int, dict]]:
     parsed with ast.literal_eval, which only evaluates literals (never code).
     """
     with open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
+        for lineno, line in numbered_lines(f, path):
             line = line.strip()
             if not line:
                 continue
@@ -103,6 +116,8 @@ def iter_tsv(path: Path, encoding: str = "utf-8", delimiter: str = "\t"):
                 start = reader.line_num + 1
         except csv.Error as e:
             raise DataError(f"unreadable record ({e})", path, start, "line") from None
+        except UnicodeDecodeError as e:
+            raise DataError(f"not {e.encoding} text ({e.reason})", path, start, "line") from None
 
 
 def required(row: dict, key: str, path: Path, lineno: int) -> str:

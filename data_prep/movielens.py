@@ -17,7 +17,8 @@ from pathlib import Path
 from p5x.errors import DataError
 from p5x.schema import Interaction, Item
 
-from .common import Converted, clean_text, finish, require_dir, require_file, to_float, to_int
+from .common import (Converted, clean_text, finish, numbered_lines, require_dir, require_file,
+                     to_float, to_int)
 
 ENCODING = "latin-1"
 # the genre order of ml-100k's u.genre, used when that file is absent
@@ -30,7 +31,7 @@ def _lines(path: Path, sep: str, names: tuple[str, ...], at_least: int | None = 
     """(line number, {name: value}) per non-blank line; too few fields is a malformed line."""
     need = len(names) if at_least is None else at_least
     with open(require_file(path), encoding=ENCODING) as f:
-        for lineno, line in enumerate(f, 1):
+        for lineno, line in numbered_lines(f, path):
             line = line.rstrip("\r\n")
             if not line.strip():
                 continue

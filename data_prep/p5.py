@@ -19,7 +19,8 @@ from pathlib import Path
 from p5x.errors import DataError
 from p5x.schema import Interaction, Item
 
-from .common import Converted, clean_text, first_existing, finish, require_dir, require_file
+from .common import (Converted, clean_text, first_existing, finish, numbered_lines, require_dir,
+                     require_file)
 from .recbole import read_item_file
 
 
@@ -45,7 +46,7 @@ def _read_sequences(path: Path, id2user: dict, id2item: dict) -> list[Interactio
     inters: list[Interaction] = []
     seen_users: set[str] = set()
     with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+        for lineno, line in numbered_lines(f, path):
             nums = line.split()
             if not nums:
                 continue

@@ -362,3 +362,13 @@ def test_real_recbole_ml100k(tmp_path):
     ds = convert(tmp_path, "recbole", "--input", SHARED / "ml-100k")
     assert ds.manifest["counts"] == {"users": 943, "items": 1682, "interactions": 100000}
     assert all(i.title for i in ds.items.values())
+
+
+def test_undecodable_and_broken_gzip_files(tmp_path, capsys):
+    rb = tmp_path / "rb"
+    rb.mkdir()
+    (rb / "x.inter").write_bytes(b"user_id:token\titem_id:token\nu1\t\xff\xfe\n")
+    assert "not utf-8 text" in fails(tmp_path, capsys, ["recbole", "--input", rb])
+    gz = tmp_path / "reviews.json.gz"
+    gz.write_bytes(b"this is not gzip")
+    assert "reviews.json.gz:1:" in fails(tmp_path, capsys, ["amazon", "--input", gz])
