@@ -19,7 +19,6 @@ import pytest
 
 from data_prep.__main__ import main
 from data_prep.common import k_core
-from p5x.errors import DataError
 from p5x.paths import SAMPLE_DATA, TEMPLATES_DIR
 from p5x.schema import Interaction, load_dataset
 
