@@ -64,9 +64,9 @@ def run(args: argparse.Namespace) -> None:
     converted = CONVERTERS[args.format].convert(**options)
     kept = args.output / KEEP
     kept_text = kept.read_text(encoding="utf-8") if kept.is_file() else None
-    ds = write_dataset(args.output, args.name or args.output.resolve().name, args.format, converted.items,
-                       converted.interactions, converted.users,
-                       Path(converted.source).name)  # a name, not this machine's path
+    name = args.name or args.output.resolve().name
+    ds = write_dataset(args.output, name, args.format, converted.items, converted.interactions,
+                       converted.users, Path(converted.source).name)  # a name, not this machine's path
     _write_kept(args.output, kept_text)
     c = ds.manifest["counts"]
     print(f"wrote {args.output}: {c['users']} users, {c['items']} items, "
