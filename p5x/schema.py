@@ -141,6 +141,8 @@ def load_dataset(root: str | Path) -> Dataset:
         users[uid] = {k: v for k, v in row.items() if k != "user_id"}
 
     inters: list[Interaction] = []
+    last_seen: dict[str, int | None] = {}  # user -> last timestamp; None once the user's block ended
+    prev_user = None
     p = root / "interactions.jsonl"
     for lineno, row in _read_jsonl(p, ("user_id", "item_id")):
         uid, iid = str(row["user_id"]), str(row["item_id"])
@@ -153,6 +155,18 @@ def load_dataset(root: str | Path) -> Dataset:
             raise DataError(f"expected a number, got {rating!r}", p, lineno, "rating")
         if ts is not None and not isinstance(ts, int):
             raise DataError(f"expected an integer, got {ts!r}", p, lineno, "timestamp")
+        # the file order is the timeline the split cuts: a user's rows must be contiguous and in time order
+        if uid != prev_user:
+            if uid in last_seen:
+                raise DataError(f"user {uid!r} appears again after other users (interactions must be "
+                                "grouped by user)", p, lineno, "user_id")
+            last_seen[uid] = None
+            prev_user = uid
+        if ts is not None:
+            if last_seen[uid] is not None and ts < last_seen[uid]:
+                raise DataError(f"timestamp {ts} is earlier than the user's previous one (interactions "
+                                "must be in time order within a user)", p, lineno, "timestamp")
+            last_seen[uid] = ts
         inters.append(Interaction(uid, iid, None if rating is None else float(rating), ts,
                                   row.get("review"), row.get("summary")))
     if not inters:

@@ -175,3 +175,20 @@ def test_time_split_leave_last_two_out(tmp_path):
     assert s.target("long", "valid").item_id == "i3"
     assert s.user_items("long") == {"i1", "i2", "i3", "i4"}
     assert s.train_items() == {"i1", "i2"}
+
+
+def test_load_rejects_out_of_order_or_interleaved_timelines(tmp_path):
+    # the file order is the timeline the split cuts, so hand-written data must respect it
+    inters = [Interaction("u1", "i1", None, 10), Interaction("u1", "i2", None, 20),
+              Interaction("u2", "i3", None, 5)]
+    tiny(tmp_path, inters)
+    path = tmp_path / "ds" / "interactions.jsonl"
+    rows = lines(path)
+    path.write_text("\n".join([rows[1], rows[0], rows[2]]) + "\n")
+    with pytest.raises(DataError) as e:
+        load_dataset(tmp_path / "ds")
+    assert "interactions.jsonl:2" in str(e.value) and "'timestamp'" in str(e.value)
+    path.write_text("\n".join([rows[0], rows[2], rows[1]]) + "\n")
+    with pytest.raises(DataError) as e:
+        load_dataset(tmp_path / "ds")
+    assert "interactions.jsonl:3" in str(e.value) and "grouped by user" in str(e.value)
