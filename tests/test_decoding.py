@@ -1,0 +1,187 @@
+"""Tests for p5x.decoding: trie invariants, the vectorised processor against HF's prefix function,
+and generation with tiny T5 / LLaMA models rigged to prefer tokens outside the catalogue."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
+
+from p5x.decoding import DEAD, ItemTrie, TrieLogitsProcessor, make_prefix_allowed_tokens_fn, parse_items
+
+PAD, EOS, BOS, VOCAB = 0, 1, 2, 50
+CATALOGUE_TOKENS = list(range(10, 30))  # item ids only use these; 30..49 are "invalid" tokens
+
+
+def make_items(n=40, seed=0):
+    rng = random.Random(seed)
+    seqs = set()
+    while len(seqs) < n:
+        seqs.add(tuple(rng.choice(CATALOGUE_TOKENS) for _ in range(rng.randint(1, 3))))
+    seqs = sorted(seqs)
+    # an item that is a prefix of another (before eos), and a duplicate
+    seqs += [(11,), (11, 12), (11, 12, 13), (11, 12)]
+    return [list(s) + [EOS] for s in seqs]
+
+
+@pytest.fixture(scope="module")
+def items():
+    return make_items()
+
+
+@pytest.fixture(scope="module")
+def trie(items):
+    return ItemTrie(items, eos_id=EOS, vocab_size=VOCAB, pad_id=PAD)
+
+
+def test_every_item_reachable_and_ends_at_leaf(trie, items):
+    assert trie.num_items == len({tuple(s) for s in items})
+    for seq in items:
+        states = trie.root_states(1)
+        for tok in seq:
+            assert trie.allowed_mask(states)[0, tok], f"{seq}: {tok} not allowed"
+            states = trie.advance(states, torch.tensor([tok]))
+            assert int(states[0]) != DEAD
+        assert bool(trie.is_leaf[states[0]])
+        assert trie.contains(seq)
+        # after the item only padding is allowed
+        assert trie.allowed_mask(states)[0].nonzero().flatten().tolist() == [PAD]
+        assert int(trie.advance(states, torch.tensor([PAD]))[0]) == int(states[0])
+
+
+def test_no_non_item_path_ends_in_eos(trie, items):
+    # exhaustively enumerate every path of the trie; a path that ends in eos must be an item
+    item_set = {tuple(s) for s in items}
+    frontier = [((), trie.root_states(1))]
+    ended = set()
+    while frontier:
+        path, st = frontier.pop()
+        allowed = trie.allowed_mask(st)[0].nonzero().flatten().tolist()
+        if bool(trie.is_leaf[st[0]]):
+            ended.add(path)
+            continue
+        for tok in allowed:
+            frontier.append((path + (tok,), trie.advance(st, torch.tensor([tok]))))
+    assert ended == item_set
+    assert not trie.contains([11, 14, EOS]) and not trie.contains([11, 12])
+
+
+def test_prefix_items_and_dead_ends(trie):
+    st = trie.walk(torch.tensor([[11, 12]]))
+    allowed = set(trie.allowed_mask(st)[0].nonzero().flatten().tolist())
+    assert {EOS, 13} <= allowed  # (11, 12) is an item and a prefix of (11, 12, 13)
+    dead = trie.walk(torch.tensor([[45, 46]]))
+    assert int(dead[0]) == DEAD
+    assert trie.allowed_mask(dead)[0].nonzero().flatten().tolist() == [EOS]
+
+
+def test_bad_sequences_rejected():
+    with pytest.raises(ValueError):
+        ItemTrie([[3, 4]], eos_id=EOS, vocab_size=VOCAB)
+    with pytest.raises(ValueError):
+        ItemTrie([[3, EOS, 4, EOS]], eos_id=EOS, vocab_size=VOCAB)
+    with pytest.raises(ValueError):
+        ItemTrie([[3, 99, EOS]], eos_id=EOS, vocab_size=VOCAB)
+
+
+def test_processor_matches_prefix_fn_on_random_prefixes(trie):
+    # random prefixes: mostly valid walks, some garbage, in a shuffled order across calls
+    rng = random.Random(1)
+    fn = make_prefix_allowed_tokens_fn(trie, prompt_len=0, decoder_start=True)
+    proc = TrieLogitsProcessor(trie, prompt_len=0, decoder_start=True)
+    rows = [[PAD] for _ in range(16)]
+    for step in range(5):
+        ids = torch.tensor(rows)
+        out = proc(ids, torch.zeros(len(rows), VOCAB))
+        for r in range(len(rows)):
+            expect = sorted(fn(0, ids[r]))
+            assert (out[r] == 0).nonzero().flatten().tolist() == expect
+        # next step: pick allowed tokens (sometimes garbage) and shuffle rows like beam search does
+        new = []
+        for r in range(len(rows)):
+            choices = (out[r] == 0).nonzero().flatten().tolist()
+            tok = rng.choice(choices) if rng.random() > 0.1 else rng.randrange(VOCAB)
+            new.append(rows[r] + [tok])
+        rng.shuffle(new)
+        new[0] = list(new[1])  # duplicated beams happen too
+        rows = new
+
+
+def _rig(lm_head_in: int, bad_tokens, model):
+    """Replace the output layer so that tokens outside the catalogue get the highest logits."""
+    head = torch.nn.Linear(lm_head_in, VOCAB, bias=True)
+    with torch.no_grad():
+        head.weight.normal_(0, 0.02)
+        head.bias.zero_()
+        head.bias[bad_tokens] = 8.0
+    model.lm_head = head
+    return model
+
+
+def tiny_t5(bad_tokens):
+    torch.manual_seed(0)
+    cfg = T5Config(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
+                   num_heads=4, pad_token_id=PAD, eos_token_id=EOS, decoder_start_token_id=PAD,
+                   tie_word_embeddings=False)
+    return _rig(32, bad_tokens, T5ForConditionalGeneration(cfg).eval())
+
+
+def tiny_llama(bad_tokens):
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=4, pad_token_id=PAD, eos_token_id=EOS,
+                      bos_token_id=BOS, tie_word_embeddings=False, max_position_embeddings=64)
+    return _rig(32, bad_tokens, LlamaForCausalLM(cfg).eval())
+
+
+BAD = [t for t in range(VOCAB) if t not in CATALOGUE_TOKENS and t not in (PAD, EOS)]
+
+
+def _generated(model, decoder_only, prompts, trie, **kw):
+    attn = torch.ones_like(prompts)
+    with torch.no_grad():
+        out = model.generate(input_ids=prompts, attention_mask=attn, num_beams=5, num_return_sequences=5,
+                             max_new_tokens=trie.max_len, do_sample=False, pad_token_id=PAD,
+                             eos_token_id=EOS, **kw)
+    return out[:, prompts.shape[1]:] if decoder_only else out[:, 1:]
+
+
+def _strip(seq):
+    seq = seq.tolist()
+    return seq[: seq.index(EOS) + 1] if EOS in seq else seq
+
+
+@pytest.mark.parametrize("backbone", ["t5", "llama"])
+def test_generation_with_model_preferring_invalid_tokens(backbone, trie):
+    decoder_only = backbone == "llama"
+    model = tiny_llama(BAD) if decoder_only else tiny_t5(BAD)
+    torch.manual_seed(1)
+    prompts = torch.randint(3, VOCAB, (3, 7))
+    # unconstrained, the rigged model produces junk: the test can fail
+    free = _generated(model, decoder_only, prompts, trie)
+    assert not any(trie.contains(_strip(s)) for s in free)
+
+    plen = prompts.shape[1] if decoder_only else 0
+    proc = TrieLogitsProcessor(trie, prompt_len=plen, decoder_start=not decoder_only)
+    fast = _generated(model, decoder_only, prompts, trie, logits_processor=[proc])
+    assert fast.shape[0] == 15
+    for s in fast:
+        assert trie.contains(_strip(s)), s.tolist()
+        tail = s.tolist()[len(_strip(s)):]
+        assert all(t in (PAD, EOS) for t in tail)  # HF fills finished beams with pad or eos
+    # five distinct items per user
+    for u in range(3):
+        assert len({tuple(_strip(s)) for s in fast[u * 5:(u + 1) * 5]}) == 5
+
+    fn = make_prefix_allowed_tokens_fn(trie, prompt_len=plen, decoder_start=not decoder_only)
+    slow = _generated(model, decoder_only, prompts, trie, prefix_allowed_tokens_fn=fn)
+    assert torch.equal(fast, slow)
+
+
+def test_parse_items():
+    table = {"<i0_1><i1_2>": "A", "<i0_3>": "B"}
+    assert parse_items(["<i0_1><i1_2>", " <i0_1> <i1_2> ", "<i0_9>", "", "<i0_3>"], table) == \
+        ["A", "A", None, None, "B"]
+    assert parse_items(["<i0_3>"], table.get) == ["B"]
