@@ -1,0 +1,124 @@
+"""Feature conversion: rendered rows {inputs, targets, task, ...} -> tensors for one backbone kind.
+
+Encoder-decoder (T5): input_ids/attention_mask hold the prompt, labels hold target + </s>, padded
+with -100 so padding never counts in the loss.
+
+Decoder-only (LLaMA): one sequence prompt + target + eos; labels copy the target part and mask the
+prompt with -100, so the model learns to answer, not to recite prompts. Padding side follows
+`padding_side` (left for generation so every prompt ends at the same position).
+
+Whole-word ids (P5): every token gets the 1-based index of the whitespace-delimited word its
+characters come from, read from the tokenizer's character OFFSETS. Offsets work the same for
+SentencePiece and byte-level BPE, where the '▁' prefix trick (P5's) would only fit SentencePiece
+and would give an id such as `<i0_3><i1_7>` one index per piece. Special tokens, padding and (for
+decoder-only) target tokens get 0, the embedding's padding row.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .errors import ConfigError
+
+FAMILY_IDS = {"rating": 0, "sequential": 1, "direct": 2, "explanation": 3, "review": 4}
+_WORD = re.compile(r"\S+")
+
+
+def word_index_per_char(text: str) -> np.ndarray:
+    """An array giving each character's word number (1..K), 0 for whitespace."""
+    out = np.zeros(len(text) + 1, dtype=np.int64)
+    for k, m in enumerate(_WORD.finditer(text), start=1):
+        out[m.start():m.end()] = k
+    return out
+
+
+def whole_word_ids_from_offsets(text: str, offsets, max_words: int) -> list[int]:
+    """Word index of each token from its (start, end) character span; 0 for spans of no text.
+
+    A token is assigned the word of its LAST character: byte-level tokens such as ' world' start
+    with the space that precedes the word. Indices above max_words - 1 are clipped to it.
+    """
+    chars = word_index_per_char(text)
+    off = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    ends = np.clip(off[:, 1] - 1, 0, len(text))
+    ids = np.where(off[:, 1] > off[:, 0], chars[ends], 0)
+    return np.minimum(ids, max_words - 1).tolist()
+
+
+class Featurizer:
+    """A data collator: rows (dicts with 'inputs' and 'targets') -> a dict of tensors."""
+
+    def __init__(self, tokenizer, decoder_only: bool, whole_word: bool = True, max_source_len: int = 512,
+                 max_target_len: int = 64, max_words: int = 512, padding_side: str = "right"):
+        if padding_side not in ("left", "right"):
+            raise ConfigError(f"padding_side: expected 'left' or 'right', got {padding_side!r}")
+        if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
+            raise ConfigError("tokenizer: needs a pad token and an eos token")
+        self.tokenizer, self.decoder_only, self.whole_word = tokenizer, decoder_only, whole_word
+        self.max_source_len, self.max_target_len, self.max_words = max_source_len, max_target_len, max_words
+        self.padding_side = padding_side
+
+    # -- the one target encoder (the decoding trie reuses it) --------------------------------
+    def encode_targets(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each target followed by eos, truncated to max_target_len (eos kept)."""
+        enc = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        keep = self.max_target_len - 1
+        return [ids[:keep] + [self.tokenizer.eos_token_id] for ids in enc]
+
+    def encode_target(self, text: str) -> list[int]:
+        return self.encode_targets([text])[0]
+
+    # -- prompts -------------------------------------------------------------------------------
+    def _prompts(self, texts: Sequence[str]):
+        """(ids, word ids) per prompt; T5 prompts end with </s>, decoder-only prompts do not."""
+        add_eos = not self.decoder_only
+        enc = self.tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
+        keep = self.max_source_len - int(add_eos)
+        out_ids, out_words = [], []
+        for text, ids, offs in zip(texts, enc["input_ids"], enc["offset_mapping"]):
+            ids, offs = ids[:keep], offs[:keep]
+            words = whole_word_ids_from_offsets(text, offs, self.max_words) if offs else []
+            if add_eos:
+                ids, words = ids + [self.tokenizer.eos_token_id], words + [0]
+            out_ids.append(ids)
+            out_words.append(words)
+        return out_ids, out_words
+
+    def _pad(self, seqs: list[list[int]], value: int, side: str) -> torch.Tensor:
+        n = max(len(s) for s in seqs)
+        rows = [([value] * (n - len(s)) + s) if side == "left" else (s + [value] * (n - len(s))) for s in seqs]
+        return torch.tensor(rows, dtype=torch.long)
+
+    def _pack(self, ids, words, side: str, labels=None) -> dict[str, torch.Tensor]:
+        batch = {"input_ids": self._pad(ids, self.tokenizer.pad_token_id, side),
+                 "attention_mask": self._pad([[1] * len(s) for s in ids], 0, side)}
+        if self.whole_word:
+            batch["whole_word_ids"] = self._pad(words, 0, side)
+        if labels is not None:
+            batch["labels"] = self._pad(labels, -100, side)
+        return batch
+
+    def encode_prompts(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Prompts alone, for generation (decoder-only: always left-padded)."""
+        ids, words = self._prompts(texts)
+        return self._pack(ids, words, "left" if self.decoder_only else self.padding_side)
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        ids, words = self._prompts([r["inputs"] for r in rows])
+        targets = self.encode_targets([r["targets"] for r in rows])
+        if self.decoder_only:
+            labels = [[-100] * len(p) + t for p, t in zip(ids, targets)]
+            words = [w + [0] * len(t) for w, t in zip(words, targets)]
+            ids = [p + t for p, t in zip(ids, targets)]
+            batch = self._pack(ids, words, self.padding_side, labels)
+        else:
+            batch = self._pack(ids, words, self.padding_side)
+            batch["labels"] = self._pad(targets, -100, "right")
+        if all("task" in r for r in rows):
+            # consumed by the trainer for per-family loss logging, never passed to the model
+            batch["task_ids"] = torch.tensor([FAMILY_IDS.get(r["task"], -1) for r in rows])
+        return batch

