@@ -1,0 +1,507 @@
+"""Baselines run on exactly the split the p5x model sees: popularity, SASRec, and rating baselines.
+
+    python -m p5x.baselines --data DIR --split test --tasks sequential,direct,rating --out DIR
+
+Split: `p5x.split.time_split(load_dataset(DIR))`. Models train on `split.train` only; when
+evaluating on test a user's history is train + valid (`split.history(u, "test")`), on valid it is
+train. Protocols:
+
+- sequential: full ranking over ALL catalogue items, HR@5/10/20 and NDCG@5/10/20. Nothing is
+  excluded from the ranking by default (not even items the user already has): the model's
+  constrained decoding cannot exclude them either. `--exclude-history` changes that, and says so.
+- direct: "sampled 1-of-100": the target plus 99 negatives drawn (seeded per user) from items
+  the user never interacted with in any part of the split; HR@1/5/10, NDCG@5/10. Ties in a
+  score are broken by a seeded shuffle of the candidates, never in the target's favour.
+- rating: global mean, user mean (global mean for users without training ratings) and biased
+  matrix factorisation, RMSE/MAE over every evaluated record that has a rating.
+
+SASRec (Kang & McAuley 2018) here is trained with full-softmax cross-entropy over all items at
+every position, which is what makes it strong; `sasrec-sigmoid` is the same encoder with a
+P(like | history, item) head trained with BCE on liked (rating > 3) / disliked labels, for yes/no
+comparisons (AUC).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from . import metrics as M
+from .errors import ConfigError, P5XError
+from .schema import Dataset, load_dataset
+from .split import Split, time_split
+
+SEQ_KS = (5, 10, 20)
+DIRECT_KS, DIRECT_NDCG_KS = (1, 5, 10), (5, 10)
+N_NEGATIVES = 99
+TASKS = ("sequential", "direct", "rating")
+
+
+# ----------------------------------------------------------------------------------------------
+# candidates and histories
+
+
+def sample_candidates(split: Split, item_ids: list[str], user: str, part: str = "test",
+                      n_neg: int = N_NEGATIVES, seed: int = 0) -> list[str]:
+    """[target] + n_neg negatives the user never interacted with, fixed by (seed, user id).
+
+    The generator is seeded from the user id, not the user's position, so the same user gets the
+    same candidates whatever subset of users is evaluated.
+    """
+    target = split.target(user, part).item_id
+    seen = split.user_items(user)
+    rng = np.random.default_rng([seed, zlib.crc32(user.encode("utf-8"))])
+    pool_size = len(item_ids) - len(seen & set(item_ids))
+    if pool_size < n_neg:
+        raise ConfigError(f"user {user!r}: only {pool_size} unseen items, cannot sample {n_neg} negatives")
+    negs: list[str] = []
+    chosen: set[str] = set()
+    # rejection sampling: catalogues are far larger than a user's history
+    while len(negs) < n_neg:
+        for j in rng.integers(0, len(item_ids), size=2 * (n_neg - len(negs)) + 8):
+            iid = item_ids[int(j)]
+            if iid not in seen and iid not in chosen:
+                chosen.add(iid)
+                negs.append(iid)
+                if len(negs) == n_neg:
+                    break
+    return [target] + negs
+
+
+def _histories(split: Split, users: list[str], part: str) -> list[list[str]]:
+    return [[x.item_id for x in split.history(u, part)] for u in users]
+
+
+def _rank_candidates(scores: np.ndarray, cands: list[list[str]], seed: int) -> list[list[str]]:
+    """Sort each user's candidates by score (desc), ties in a seeded random order."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for s, c in zip(scores, cands):
+        perm = rng.permutation(len(c))
+        order = perm[np.argsort(-s[perm], kind="stable")]
+        out.append([c[i] for i in order])
+    return out
+
+
+def _full_rank(scores: torch.Tensor, item_ids: list[str], k: int, histories=None) -> list[list[str]]:
+    """Top-k raw ids per row of [n, n_items] scores (optionally masking each row's history)."""
+    scores = scores.clone().float()
+    if histories is not None:
+        pos = {iid: j for j, iid in enumerate(item_ids)}
+        for r, h in enumerate(histories):
+            idx = [pos[i] for i in h if i in pos]
+            scores[r, idx] = float("-inf")
+    top = torch.topk(scores, min(k, scores.shape[1]), dim=1).indices.cpu().numpy()
+    return [[item_ids[j] for j in row] for row in top]
+
+
+# ----------------------------------------------------------------------------------------------
+# popularity
+
+
+def popularity_counts(split: Split, item_ids: list[str]) -> np.ndarray:
+    """Number of training interactions of each item, aligned with item_ids."""
+    pos = {iid: j for j, iid in enumerate(item_ids)}
+    c = np.zeros(len(item_ids), dtype=np.float64)
+    for xs in split.train.values():
+        for x in xs:
+            c[pos[x.item_id]] += 1
+    return c
+
+
+def popularity_scores(split: Split, item_ids: list[str]) -> np.ndarray:
+    """Counts with a tiny rank-based tie-break (catalogue order), so the full ranking is fixed."""
+    c = popularity_counts(split, item_ids)
+    return c - np.arange(len(item_ids)) * (0.5 / max(1, len(item_ids)))
+
+
+# ----------------------------------------------------------------------------------------------
+# SASRec
+
+
+class SASRecNet(nn.Module):
+    """Item + learned position embeddings, pre-LN causal transformer blocks, tied output scores."""
+
+    def __init__(self, n_items: int, dim: int = 64, layers: int = 2, heads: int = 2, max_len: int = 50,
+                 dropout: float = 0.2):
+        super().__init__()
+        self.max_len = max_len
+        self.item = nn.Embedding(n_items + 1, dim, padding_idx=0)  # 0 = padding
+        self.pos = nn.Embedding(max_len, dim)
+        self.drop = nn.Dropout(dropout)
+        block = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=dim, dropout=dropout,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.like_bias = nn.Embedding(n_items + 1, 1)  # used by the sigmoid head only
+        nn.init.normal_(self.item.weight, std=0.02)
+        nn.init.normal_(self.pos.weight, std=0.02)
+        nn.init.zeros_(self.like_bias.weight)
+        with torch.no_grad():
+            self.item.weight[0].zero_()
+
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+        """[B, L] left-padded item indices -> [B, L, dim] hidden states (position t sees <= t)."""
+        L = seq.shape[1]
+        x = self.item(seq) * math.sqrt(self.item.embedding_dim) + self.pos(torch.arange(L, device=seq.device))
+        x = self.drop(x) * (seq > 0).unsqueeze(-1)
+        causal = torch.triu(torch.ones(L, L, dtype=torch.bool, device=seq.device), 1)
+        h = self.blocks(x, mask=causal)
+        return self.norm(h)
+
+    def all_scores(self, h: torch.Tensor) -> torch.Tensor:
+        """Scores of every item (column 0, padding, is -inf) for hidden states [..., dim]."""
+        s = h @ self.item.weight.T
+        s[..., 0] = float("-inf")
+        return s
+
+    def like_logit(self, h: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return (h * self.item(items)).sum(-1) + self.like_bias(items).squeeze(-1)
+
+
+@dataclass
+class SASRec:
+    """A trained SASRec: the network plus the raw id <-> index map (index 0 is padding)."""
+
+    net: SASRecNet
+    item_ids: list[str]
+    objective: str  # "ce" | "sigmoid"
+    device: str = "cpu"
+    index: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.index = {iid: j + 1 for j, iid in enumerate(self.item_ids)}
+
+    def encode(self, history: list[str]) -> list[int]:
+        return [self.index[i] for i in history if i in self.index][-self.net.max_len:]
+
+
+def _left_pad(rows: list[list[int]], length: int) -> torch.Tensor:
+    out = torch.zeros(len(rows), length, dtype=torch.long)
+    for r, xs in enumerate(rows):
+        if xs:
+            out[r, length - len(xs):] = torch.tensor(xs[-length:])
+    return out
+
+
+def _training_rows(split: Split, model: SASRec, objective: str):
+    """Per user: (input seq, targets) for CE, or (input seq, targets, liked labels) for sigmoid."""
+    L = model.net.max_len
+    rows = []
+    for xs in split.train.values():
+        ids = [model.index[x.item_id] for x in xs][-(L + 1):]
+        if len(ids) < 2:
+            continue
+        if objective == "ce":
+            rows.append((ids[:-1], ids[1:], None))
+        else:
+            rated = xs[-(L + 1):]
+            lab = [(-1.0 if x.rating is None else float(x.rating > 3)) for x in rated[1:]]
+            rows.append((ids[:-1], ids[1:], lab))
+    return rows
+
+
+def train_sasrec(split: Split, item_ids: list[str], objective: str = "ce", dim: int = 64, layers: int = 2,
+                 heads: int = 2, max_len: int = 50, dropout: float = 0.2, epochs: int = 200,
+                 batch_size: int = 128, lr: float = 1e-3, weight_decay: float = 0.0, seed: int = 0,
+                 device: str = "cpu", progress: bool = True) -> SASRec:
+    """Train SASRec on split.train. objective "ce": next-item full softmax over all items at every
+    position; "sigmoid": BCE on P(like) of each next item (liked = rating > 3; unrated ignored)."""
+    if objective not in ("ce", "sigmoid"):
+        raise ConfigError(f"unknown SASRec objective {objective!r} (ce, sigmoid)")
+    torch.manual_seed(seed)
+    net = SASRecNet(len(item_ids), dim, layers, heads, max_len, dropout).to(device)
+    model = SASRec(net, list(item_ids), objective, device)
+    rows = _training_rows(split, model, objective)
+    if not rows:
+        raise ConfigError("no training sequence with at least two items")
+    seqs = _left_pad([r[0] for r in rows], max_len)
+    tgts = _left_pad([r[1] for r in rows], max_len)
+    labs = None
+    if objective == "sigmoid":
+        labs = torch.full((len(rows), max_len), -1.0)
+        for r, (_, _, lab) in enumerate(rows):
+            labs[r, max_len - len(lab):] = torch.tensor(lab)
+    opt = torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=weight_decay)
+    gen = torch.Generator().manual_seed(seed)
+    net.train()
+    bar = tqdm(range(epochs), desc=f"sasrec-{objective}", disable=not progress, leave=False)
+    for _ in bar:
+        total, nb = 0.0, 0
+        for b in torch.randperm(len(rows), generator=gen).split(batch_size):
+            seq, tgt = seqs[b].to(device), tgts[b].to(device)
+            h = net(seq)
+            if objective == "ce":
+                keep = tgt > 0
+                loss = nn.functional.cross_entropy(net.all_scores(h[keep]), tgt[keep])
+            else:
+                lab = labs[b].to(device)
+                keep = lab >= 0
+                if not bool(keep.any()):
+                    continue
+                loss = nn.functional.binary_cross_entropy_with_logits(net.like_logit(h[keep], tgt[keep]), lab[keep])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total, nb = total + loss.item(), nb + 1
+        bar.set_postfix(loss=f"{total / max(nb, 1):.4f}")
+    net.eval()
+    return model
+
+
+@torch.no_grad()
+def score_sasrec(model: SASRec, histories: list[list[str]], items: list[list[str]] | None = None,
+                 batch_size: int = 256) -> np.ndarray:
+    """Scores after each history: [n, n_items] over model.item_ids when items is None, else [n, C]
+    for each row's own items. The sigmoid model returns P(like) for given items."""
+    model.net.eval()
+    out = []
+    for s in range(0, len(histories), batch_size):
+        hist = histories[s:s + batch_size]
+        seq = _left_pad([model.encode(h) for h in hist], model.net.max_len).to(model.device)
+        h = model.net(seq)[:, -1]  # left padding: the last position summarises the history
+        if items is None:
+            out.append(model.net.all_scores(h)[:, 1:].float().cpu())
+            continue
+        idx = torch.tensor([[model.index.get(i, 0) for i in row] for row in items[s:s + batch_size]],
+                           device=model.device)
+        if model.objective == "sigmoid":
+            sc = torch.sigmoid(model.net.like_logit(h.unsqueeze(1), idx))
+        else:
+            sc = torch.gather(model.net.all_scores(h), 1, idx)
+        out.append(sc.float().cpu())
+    return torch.cat(out).numpy()
+
+
+# ----------------------------------------------------------------------------------------------
+# rating baselines
+
+
+def _rated(xs):
+    return [x for x in xs if x.rating is not None]
+
+
+def rating_eval_records(split: Split, part: str):
+    return [split.target(u, part) for u in split.eval_users(part) if split.target(u, part).rating is not None]
+
+
+def rating_train_records(split: Split, part: str):
+    """Ratings of split.train only, for either part: every p5x model trains on train only too."""
+    return _rated([x for xs in split.train.values() for x in xs])
+
+
+def global_mean(train) -> float:
+    return float(np.mean([x.rating for x in train]))
+
+
+def user_means(train) -> dict[str, float]:
+    acc: dict[str, list[float]] = {}
+    for x in train:
+        acc.setdefault(x.user_id, []).append(x.rating)
+    return {u: float(np.mean(v)) for u, v in acc.items()}
+
+
+def train_mf(train, dim: int = 16, epochs: int = 100, lr: float = 0.01, weight_decay: float = 1e-4,
+             seed: int = 0, batch_size: int = 1024, progress: bool = True):
+    """Biased MF: r = mu + b_u + b_i + p_u . q_i, Adam on squared error. Returns a predict function
+    (unknown users/items fall back to the biases that exist, then to mu); outputs are clipped to
+    the training rating range."""
+    torch.manual_seed(seed)
+    users = sorted({x.user_id for x in train})
+    items = sorted({x.item_id for x in train})
+    uix, iix = {u: j for j, u in enumerate(users)}, {i: j for j, i in enumerate(items)}
+    u = torch.tensor([uix[x.user_id] for x in train])
+    i = torch.tensor([iix[x.item_id] for x in train])
+    r = torch.tensor([x.rating for x in train], dtype=torch.float32)
+    mu, lo, hi = float(r.mean()), float(r.min()), float(r.max())
+    P, Q = nn.Embedding(len(users), dim), nn.Embedding(len(items), dim)
+    bu, bi = nn.Embedding(len(users), 1), nn.Embedding(len(items), 1)
+    for e in (P, Q):
+        nn.init.normal_(e.weight, std=0.05)
+    for e in (bu, bi):
+        nn.init.zeros_(e.weight)
+    params = [*P.parameters(), *Q.parameters(), *bu.parameters(), *bi.parameters()]
+    opt = torch.optim.Adam(params, lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+
+    def pred(uu, ii):
+        return mu + bu(uu).squeeze(-1) + bi(ii).squeeze(-1) + (P(uu) * Q(ii)).sum(-1)
+
+    for _ in tqdm(range(epochs), desc="mf", disable=not progress, leave=False):
+        for b in torch.randperm(len(r), generator=gen).split(batch_size):
+            reg = (P(u[b]) ** 2).sum(-1) + (Q(i[b]) ** 2).sum(-1)
+            loss = ((pred(u[b], i[b]) - r[b]) ** 2).mean() + weight_decay * reg.mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    @torch.no_grad()
+    def predict(pairs: list[tuple[str, str]]) -> np.ndarray:
+        out = np.empty(len(pairs))
+        for k, (uid, iid) in enumerate(pairs):
+            v = mu
+            a, c = uix.get(uid), iix.get(iid)
+            if a is not None:
+                v += float(bu.weight[a])
+            if c is not None:
+                v += float(bi.weight[c])
+            if a is not None and c is not None:
+                v += float(P.weight[a] @ Q.weight[c])
+            out[k] = min(hi, max(lo, v))
+        return out
+
+    return predict
+
+
+# ----------------------------------------------------------------------------------------------
+# running everything
+
+
+@dataclass
+class BaselineConfig:
+    """Options of `python -m p5x.baselines` (see --help for each)."""
+
+    part: str = "test"
+    tasks: tuple[str, ...] = TASKS
+    seed: int = 0
+    epochs: int = 200
+    device: str = "cpu"
+    dim: int = 64
+    layers: int = 2
+    dropout: float = 0.2
+    mf_epochs: int = 100
+    exclude_history: bool = False
+    progress: bool = True
+
+
+def _row(model, task, protocol, metrics):
+    return {"model": model, "task": task, "protocol": protocol, "templates": "-", "metrics": metrics}
+
+
+def run_baselines(ds: Dataset, cfg: BaselineConfig) -> list[dict]:
+    """Every baseline for every requested task; rows in p5x.metrics.format_table's format."""
+    split = time_split(ds)
+    item_ids = list(ds.items)
+    users = split.eval_users(cfg.part)
+    if not users:
+        raise ConfigError(f"no user has a {cfg.part} interaction (every user has fewer than 3)")
+    hist = _histories(split, users, cfg.part)
+    targets = [split.target(u, cfg.part).item_id for u in users]
+    rows: list[dict] = []
+    needs_sasrec = "sequential" in cfg.tasks or "direct" in cfg.tasks
+    sas = None
+    if needs_sasrec:
+        sas = train_sasrec(split, item_ids, "ce", cfg.dim, cfg.layers, 2, 50, cfg.dropout, cfg.epochs,
+                           seed=cfg.seed, device=cfg.device, progress=cfg.progress)
+    pop = popularity_scores(split, item_ids)
+    excl = hist if cfg.exclude_history else None
+    full = "full ranking" + (" (history excluded)" if cfg.exclude_history else "")
+    if "sequential" in cfg.tasks:
+        pop_scores = torch.from_numpy(np.tile(pop, (len(users), 1)))
+        for name, scores in (("popularity", pop_scores), ("sasrec", torch.from_numpy(score_sasrec(sas, hist)))):
+            ranked = _full_rank(scores, item_ids, max(SEQ_KS), excl)
+            rows.append(_row(name, "sequential", full, M.ranking_metrics(ranked, targets, SEQ_KS)))
+    if "direct" in cfg.tasks:
+        # a catalogue too small for 99 negatives per user gets fewer, and the label says how many
+        n_neg = min([N_NEGATIVES] + [len(set(item_ids) - split.user_items(u)) for u in users])
+        if n_neg < 1:
+            raise ConfigError("direct: some user has interacted with every item; no negatives to sample")
+        cands = [sample_candidates(split, item_ids, u, cfg.part, n_neg, cfg.seed) for u in users]
+        pos = {iid: j for j, iid in enumerate(item_ids)}
+        counts = popularity_counts(split, item_ids)  # raw counts: ties get the seeded shuffle
+        pop_c = np.array([[counts[pos[i]] for i in c] for c in cands])
+        for name, sc in (("popularity", pop_c), ("sasrec", score_sasrec(sas, hist, cands))):
+            ranked = _rank_candidates(sc, cands, cfg.seed)
+            rows.append(_row(name, "direct", f"sampled 1-of-{n_neg + 1}",
+                             M.ranking_metrics(ranked, targets, DIRECT_KS, DIRECT_NDCG_KS)))
+        rows += _yes_no_rows(ds, split, item_ids, users, hist, cfg)
+    if "rating" in cfg.tasks:
+        rows += _rating_rows(split, cfg)
+    return rows
+
+
+def _yes_no_rows(ds, split, item_ids, users, hist, cfg) -> list[dict]:
+    """sasrec-sigmoid P(like) against liked = rating > 3 on the evaluated records (AUC)."""
+    recs = [split.target(u, cfg.part) for u in users]
+    keep = [k for k, x in enumerate(recs) if x.rating is not None]
+    labels = [float(recs[k].rating > 3) for k in keep]
+    if len(set(labels)) < 2:
+        return []  # AUC is undefined without both liked and disliked records
+    model = train_sasrec(split, item_ids, "sigmoid", cfg.dim, cfg.layers, 2, 50, cfg.dropout, cfg.epochs,
+                         seed=cfg.seed, device=cfg.device, progress=cfg.progress)
+    p = score_sasrec(model, [hist[k] for k in keep], [[recs[k].item_id] for k in keep])[:, 0]
+    return [_row("sasrec-sigmoid", "direct yes/no (liked = rating > 3)", "-", {"AUC": M.auc(labels, p)})]
+
+
+def _rating_rows(split, cfg) -> list[dict]:
+    train = rating_train_records(split, cfg.part)
+    evals = rating_eval_records(split, cfg.part)
+    if not train or not evals:
+        return []  # a dataset without ratings has no rating task
+    true = [x.rating for x in evals]
+    mu = global_mean(train)
+    um = user_means(train)
+    mf = train_mf(train, epochs=cfg.mf_epochs, seed=cfg.seed, progress=cfg.progress)
+    preds = {
+        "global mean": [mu] * len(evals),
+        "user mean": [um.get(x.user_id, mu) for x in evals],
+        "mf": mf([(x.user_id, x.item_id) for x in evals]),
+    }
+    return [_row(name, "rating", "-", {"RMSE": M.rmse(p, true), "MAE": M.mae(p, true)})
+            for name, p in preds.items()]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m p5x.baselines", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", required=True, help="normalized dataset directory (p5x.schema)")
+    ap.add_argument("--split", default="test", choices=("test", "valid"), help="which held-out part to score")
+    ap.add_argument("--tasks", default="sequential,direct,rating", help=f"comma list of {', '.join(TASKS)}")
+    ap.add_argument("--out", help="directory for metrics.json and metrics.md (printed only when absent)")
+    ap.add_argument("--seed", type=int, default=0, help="seed for training and negative sampling")
+    ap.add_argument("--epochs", type=int, default=200, help="SASRec training epochs")
+    ap.add_argument("--mf-epochs", type=int, default=100, help="matrix factorisation epochs")
+    ap.add_argument("--dim", type=int, default=64, help="SASRec hidden size")
+    ap.add_argument("--layers", type=int, default=2, help="SASRec transformer blocks")
+    ap.add_argument("--dropout", type=float, default=0.2, help="SASRec dropout")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where SASRec trains")
+    ap.add_argument("--exclude-history", action="store_true",
+                    help="sequential: drop the user's history items from the full ranking (off by default)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = ap.parse_args(argv)
+    try:
+        tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
+        bad = [t for t in tasks if t not in TASKS]
+        if bad or not tasks:
+            raise ConfigError(f"--tasks: unknown task(s) {bad} (choose from {', '.join(TASKS)})")
+        if args.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("--device cuda: no CUDA device available")
+        cfg = BaselineConfig(args.split, tasks, args.seed, args.epochs, args.device, args.dim, args.layers,
+                             args.dropout, args.mf_epochs, args.exclude_history, not args.no_progress)
+        ds = load_dataset(args.data)
+        rows = run_baselines(ds, cfg)
+        print(M.format_table(rows), end="")
+        if args.out:
+            meta = {"split": args.split, "indexing": "-", "templates": "-", "seed": args.seed,
+                    "data_hash": ds.data_hash, "data": str(Path(args.data).resolve()),
+                    "device": M.device_name(args.device), "tasks": list(tasks),
+                    "config": {k: getattr(cfg, k) for k in ("epochs", "dim", "layers", "dropout", "mf_epochs",
+                                                            "exclude_history")}}
+            M.write_results(Path(args.out) / "metrics.json", rows, meta)
+            print(f"wrote {Path(args.out) / 'metrics.json'}", file=sys.stderr)
+    except P5XError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

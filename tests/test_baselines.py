@@ -1,0 +1,115 @@
+"""Tests for p5x.baselines: popularity by hand, SASRec learning a planted sequence, MF on planted
+ratings, seeded negative sampling, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from p5x import baselines as B
+from p5x.metrics import rmse
+from p5x.schema import Interaction, Item, write_dataset
+from p5x.split import time_split
+
+FAST = dict(epochs=1, dim=16, layers=1, mf_epochs=1, progress=False)
+
+
+@pytest.fixture
+def three_users(tmp_path):
+    """u1: A B | C | D   u2: B | C | A   u3: C | B | E   (train | valid | test)."""
+    seqs = {"u1": "ABCD", "u2": "BCA", "u3": "CBE"}
+    inters = [Interaction(u, i, 5.0, t) for u, s in seqs.items() for t, i in enumerate(s)]
+    return write_dataset(tmp_path / "three", "three", "test", [Item(c) for c in "ABCDE"], inters)
+
+
+def _row(rows, model, task):
+    hits = [r for r in rows if r["model"] == model and r["task"] == task]
+    assert len(hits) == 1, rows
+    return hits[0]
+
+
+def test_popularity_matches_hand_computation(three_users):
+    # train counts A1 B2 C1 D0 E0 -> ranking B A C D E (ties in catalogue order); targets D, A, E
+    rows = B.run_baselines(three_users, B.BaselineConfig(tasks=("sequential",), **FAST))
+    m = _row(rows, "popularity", "sequential")["metrics"]
+    assert _row(rows, "popularity", "sequential")["protocol"] == "full ranking"
+    assert m["HR@5"] == pytest.approx(1.0)
+    expect = (1 / math.log2(3 + 2) + 1 / math.log2(1 + 2) + 1 / math.log2(4 + 2)) / 3
+    assert m["NDCG@5"] == pytest.approx(expect)
+    assert B.popularity_counts(time_split(three_users), list("ABCDE")).tolist() == [1, 2, 1, 0, 0]
+    # with history excluded: u1 ranks D E (D first), u2 A D E (A first), u3 A D E (E third)
+    rows = B.run_baselines(three_users, B.BaselineConfig(tasks=("sequential",), exclude_history=True, **FAST))
+    m = _row(rows, "popularity", "sequential")["metrics"]
+    assert m["NDCG@5"] == pytest.approx((1 + 1 + 1 / math.log2(4)) / 3)
+
+
+def test_sasrec_beats_popularity_on_planted_sequences(toy_ds):
+    cfg = B.BaselineConfig(tasks=("sequential", "direct"), epochs=40, dim=32, layers=1, progress=False)
+    rows = B.run_baselines(toy_ds, cfg)
+    pop, sas = _row(rows, "popularity", "sequential"), _row(rows, "sasrec", "sequential")
+    assert sas["metrics"]["NDCG@10"] > pop["metrics"]["NDCG@10"] + 0.3
+    assert _row(rows, "sasrec", "direct")["metrics"]["HR@1"] > _row(rows, "popularity", "direct")["metrics"]["HR@1"]
+    assert _row(rows, "sasrec", "direct")["protocol"].startswith("sampled 1-of-")
+    auc = _row(rows, "sasrec-sigmoid", "direct yes/no (liked = rating > 3)")["metrics"]["AUC"]
+    assert 0.0 <= auc <= 1.0
+
+
+def test_score_sasrec_shapes(toy_ds):
+    split = time_split(toy_ds)
+    items = list(toy_ds.items)
+    ce = B.train_sasrec(split, items, "ce", dim=16, layers=1, epochs=2, progress=False)
+    hist = [[x.item_id for x in split.history(u, "test")] for u in list(split.test)[:3]]
+    assert B.score_sasrec(ce, hist).shape == (3, len(items))
+    sig = B.train_sasrec(split, items, "sigmoid", dim=16, layers=1, epochs=2, progress=False)
+    p = B.score_sasrec(sig, hist, [items[:4]] * 3)
+    assert p.shape == (3, 4) and ((p > 0) & (p < 1)).all()
+
+
+def test_mf_beats_global_mean_on_planted_ratings(toy_ds):
+    split = time_split(toy_ds)
+    train = B.rating_train_records(split, "test")
+    evals = B.rating_eval_records(split, "test")
+    true = [x.rating for x in evals]
+    mf = B.train_mf(train, epochs=60, progress=False)
+    base = rmse([B.global_mean(train)] * len(evals), true)
+    assert rmse(mf([(x.user_id, x.item_id) for x in evals]), true) < 0.6 * base
+
+
+def test_negatives_exclude_positives_and_follow_seed(toy_ds):
+    split = time_split(toy_ds)
+    items = list(toy_ds.items)
+    users = split.eval_users("test")
+    for u in users:
+        c = B.sample_candidates(split, items, u, "test", n_neg=30, seed=7)
+        assert c[0] == split.test[u].item_id and len(set(c)) == 31
+        assert not set(c[1:]) & split.user_items(u)
+        assert c == B.sample_candidates(split, items, u, "test", n_neg=30, seed=7)
+    differ = [B.sample_candidates(split, items, u, "test", 30, seed=7)
+              != B.sample_candidates(split, items, u, "test", 30, seed=8) for u in users]
+    assert all(differ)
+    with pytest.raises(B.ConfigError):
+        B.sample_candidates(split, items, users[0], "test", n_neg=len(items), seed=0)
+
+
+def test_rank_candidates_breaks_ties_randomly():
+    cands = [["t"] + [f"n{j}" for j in range(9)]] * 200
+    ranked = B._rank_candidates(np.zeros((200, 10)), cands, seed=0)
+    first = np.mean([r[0] == "t" for r in ranked])
+    assert first < 0.3  # all tied: the target is first about 1 time in 10, not always
+
+
+def test_cli_writes_results_and_rejects_bad_tasks(toy_dir, tmp_path, capsys):
+    out = tmp_path / "res"
+    rc = B.main(["--data", str(toy_dir), "--tasks", "rating", "--out", str(out), "--mf-epochs", "5",
+                 "--no-progress"])
+    assert rc == 0
+    data = json.loads((out / "metrics.json").read_text())
+    assert {r["model"] for r in data["rows"]} == {"global mean", "user mean", "mf"}
+    assert data["meta"]["split"] == "test" and data["meta"]["data_hash"]
+    assert (out / "metrics.md").exists()
+    assert B.main(["--data", str(toy_dir), "--tasks", "sequentail"]) == 2
+    assert "error: " in capsys.readouterr().err
+    assert B.main(["--data", str(tmp_path / "missing")]) == 2
