@@ -139,6 +139,9 @@ def apply_lora(backbone, rank: int = 8, alpha: int = 16, dropout: float = 0.05, 
 class P5XModel(nn.Module):
     """A stock HF backbone plus `word_embed` (nn.Embedding(max_words, d_model, padding_idx=0) or None)."""
 
+    # read by HF Trainer when resuming; tied aliases left out of model.safetensors load through their twin
+    _keys_to_ignore_on_save = None
+
     def __init__(self, backbone, whole_word: bool = True, max_words: int = 512, word_init_std: float | None = None):
         super().__init__()
         self.backbone = backbone

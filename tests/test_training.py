@@ -1,0 +1,100 @@
+"""Training tests: tiny T5/LLaMA runs, exact kill-and-resume, the CLI, loss falls, DeepSpeed ZeRO-2 on CPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from p5x.checkpoint import load_checkpoint
+from p5x.errors import CheckpointError
+from p5x.schema import load_dataset
+from p5x.toydata import make_toy_dataset
+from p5x.training import TrainConfig, main, parse_args, train
+
+sys.path.insert(0, str(Path(__file__).parent))
+from p5x_rows import make_rows  # noqa: E402
+
+torch.set_num_threads(1)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cfg(data, out, **kw):
+    base = dict(data=str(data), output=str(out), epochs=1, batch_size=8, max_steps=4, save_steps=2,
+                logging_steps=1, use_cpu=True, vocab_size=200, lr=3e-3, max_source_len=64, max_target_len=16)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("model", ["t5-tiny", "llama-tiny"])
+def test_tiny_models_train_and_save(toy_dir, tmp_path, model):
+    out = train(_cfg(toy_dir, tmp_path / model, model=model), make_rows=make_rows)
+    for f in ("model.safetensors", "p5x_config.json", "item_index.json", "user_index.json", "tokenizer.json",
+              "loss_curve.png"):
+        assert (out / f).is_file(), f
+    assert list(out.rglob("events.out.tfevents*")), "no TensorBoard log"
+    cfg = json.loads((out / "p5x_config.json").read_text())
+    assert cfg["backbone"] == model and cfg["whole_word"] and cfg["data_hash"] == load_dataset(toy_dir).data_hash
+    hist = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert any("loss/sequential" in h and "loss/direct" in h for h in hist)
+    ck = load_checkpoint(out, data=toy_dir)
+    assert ck.model.word_embed is not None and ck.index is not None
+    other = tmp_path / "other"
+    make_toy_dataset(other, seed=1)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(out, data=other)
+
+
+def test_resume_matches_uninterrupted_run(toy_dir, tmp_path):
+    full = train(_cfg(toy_dir, tmp_path / "full", max_steps=6, save_steps=3), make_rows=make_rows)
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    # a run killed after its step-3 checkpoint leaves just that checkpoint behind
+    shutil.copytree(full / "checkpoint-3", killed / "checkpoint-3")
+    resumed = train(_cfg(toy_dir, killed, max_steps=6, save_steps=3, resume=True), make_rows=make_rows)
+    a, b = load_file(str(full / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert a.keys() == b.keys()
+    start = load_file(str(full / "checkpoint-3" / "model.safetensors"))
+    assert any(not torch.equal(start[k], a[k]) for k in a)  # steps 4-6 did change the weights
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+
+
+def test_cli_rejects_bad_flags(capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_args(["--no-such-flag"])
+    assert e.value.code == 2
+    assert main(["--index", "alphabetical"]) == 2
+    assert "error: --index" in capsys.readouterr().err
+    assert main(["--tasks", "sequentail"]) == 2
+    assert "sequential" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_loss_falls_on_planted_signal(toy_dir, tmp_path):
+    out = train(_cfg(toy_dir, tmp_path / "long", epochs=4, max_steps=100, save_steps=1000, logging_steps=10),
+                make_rows=make_rows)
+    losses = [h["loss"] for h in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in h]
+    assert losses[-1] < 0.6 * losses[0], losses
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("deepspeed") is None, reason="deepspeed launcher not installed")
+@pytest.mark.skipif(importlib.util.find_spec("p5x.tasks") is None, reason="p5x.tasks not available yet")
+def test_deepspeed_zero2_cpu(toy_dir, tmp_path):
+    out = tmp_path / "ds"
+    cmd = ["deepspeed", "--master_port", "29561", "--num_gpus", "1", str(REPO / "train.py"),
+           "--data", str(toy_dir), "--tasks", "sequential,rating", "--model", "t5-tiny", "--output", str(out),
+           "--max-steps", "3", "--batch-size", "4", "--save-steps", "2", "--vocab-size", "200",
+           "--deepspeed", str(REPO / "p5x/configs/ds_zero2.json"), "--use-cpu"]
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                       env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert (out / "model.safetensors").is_file() and (out / "checkpoint-2").is_dir()
+    load_checkpoint(out, data=toy_dir)
