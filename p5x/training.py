@@ -253,7 +253,8 @@ def plot_losses(log_history: list[dict], path: Path) -> None:
             ax.plot(*zip(*pts), label=k, lw=2 if k == "loss" else 1)
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
-    ax.legend()
+    if ax.get_lines():
+        ax.legend()
     fig.tight_layout()
     tmp = path.with_name("." + path.name + ".tmp.png")
     fig.savefig(tmp)
