@@ -96,18 +96,18 @@ def check_pieces_atomic(tokenizer, pieces: Sequence[str]) -> None:
 def answer_token_ids(tokenizer, words: Sequence[str] = ("yes", "no")) -> list[int]:
     """The token id that starts each answer word, looked up at run time (never hard-coded).
 
-    The answer is the first token the model emits for the word (e.g. '▁yes' for SentencePiece,
-    'yes' for byte-level BPE), so yes/no scoring compares those logits. Raises ConfigError when two
-    words start with the same token, since their logits could not tell them apart.
+    The answer is the first token the model emits for the word, i.e. the first token of the target
+    encoding (p5x.features.Featurizer.encode_target): '▁yes' for SentencePiece, 'yes' for byte-level
+    BPE. Raises ConfigError when two words start with the same token (e.g. a bare '▁' piece), since
+    their logits could not tell them apart.
     """
     enc = tokenizer(list(words), add_special_tokens=False)["input_ids"]
     out = []
     for w, ids in zip(words, enc):
-        # a SentencePiece word can begin with a bare '▁' piece; the informative token follows it
-        ids = [i for i in ids if tokenizer.convert_ids_to_tokens(i) not in ("▁", "Ġ")]
         if not ids:
             raise ConfigError(f"tokenizer: answer word {w!r} encodes to no token")
         out.append(ids[0])
     if len(set(out)) != len(out):
-        raise ConfigError(f"tokenizer: answer words {list(words)} share a first token {out}")
+        raise ConfigError(f"tokenizer: answer words {list(words)} share a first token "
+                          f"{tokenizer.convert_ids_to_tokens(out[0])!r}")
     return out
