@@ -121,26 +121,34 @@ class ItemTrie:
             states = self.advance(states, prefixes[:, j])
         return states
 
-    def allowed_mask(self, states: torch.Tensor) -> torch.Tensor:
-        """Bool [n, vocab]: which tokens each row may emit next, vectorised over rows."""
+    def allowed_pairs(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows, tokens): every allowed (row, next token) pair, vectorised over rows (sparse form
+        of allowed_mask: a step touches only these entries, not a dense [n, vocab] mask)."""
         states = states.to(self.device)
         n = states.shape[0]
-        mask = torch.zeros(n, self.vocab_size, dtype=torch.bool, device=self.device)
         live = states >= 0
         s = states.clamp(min=0)
         start, stop = self.child_ptr[s], self.child_ptr[s + 1]
         counts = torch.where(live, stop - start, torch.zeros_like(start))
         total = int(counts.sum())
-        if total:
-            rows = torch.repeat_interleave(torch.arange(n, device=self.device), counts)
-            # edge index = row's start + offset within the row's run
-            run_start = torch.cumsum(counts, 0) - counts
-            offs = torch.arange(total, device=self.device) - torch.repeat_interleave(run_start, counts)
-            edges = torch.repeat_interleave(start, counts) + offs
-            mask[rows, self.edge_token[edges]] = True
+        arange_n = torch.arange(n, device=self.device)
+        rows = torch.repeat_interleave(arange_n, counts)
+        # edge index = row's first edge + offset within the row's run
+        run_start = torch.cumsum(counts, 0) - counts
+        offs = torch.arange(total, device=self.device) - torch.repeat_interleave(run_start, counts)
+        toks = self.edge_token[torch.repeat_interleave(start, counts) + offs]
+        # finished rows may only pad; rows that left the trie may only end
         leaf = live & self.is_leaf[s]
-        mask[leaf, self.after_end] = True
-        mask[~live, self.eos_id] = True
+        extra_rows = torch.cat([arange_n[leaf], arange_n[~live]])
+        extra_toks = torch.cat([torch.full_like(arange_n[leaf], self.after_end),
+                                torch.full_like(arange_n[~live], self.eos_id)])
+        return torch.cat([rows, extra_rows]), torch.cat([toks, extra_toks])
+
+    def allowed_mask(self, states: torch.Tensor) -> torch.Tensor:
+        """Bool [n, vocab]: which tokens each row may emit next, vectorised over rows."""
+        rows, toks = self.allowed_pairs(states)
+        mask = torch.zeros(states.shape[0], self.vocab_size, dtype=torch.bool, device=self.device)
+        mask[rows, toks] = True
         return mask
 
 
@@ -199,10 +207,14 @@ class TrieLogitsProcessor(LogitsProcessor):
         return states
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        mask = self.trie.allowed_mask(self.states_for(input_ids))
-        if mask.shape[1] < scores.shape[1]:  # models often pad the output layer beyond the vocabulary
-            mask = torch.nn.functional.pad(mask, (0, scores.shape[1] - mask.shape[1]))
-        return scores.masked_fill(~mask[:, : scores.shape[1]], float("-inf"))
+        rows, toks = self.trie.allowed_pairs(self.states_for(input_ids))
+        if self.trie.vocab_size > scores.shape[1]:
+            keep = toks < scores.shape[1]
+            rows, toks = rows[keep], toks[keep]
+        # one dense fill plus a sparse copy: cheaper than building, inverting and applying a mask
+        out = torch.full_like(scores, float("-inf"))
+        out[rows, toks] = scores[rows, toks]
+        return out
 
 
 def make_prefix_allowed_tokens_fn(trie: ItemTrie, prompt_len: int = 0,
