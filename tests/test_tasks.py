@@ -1,0 +1,163 @@
+"""Tests for p5x.tasks: every template renders, no held-out interaction reaches training prompts,
+candidate lists are clean and fixed for evaluation, the epoch mixture is re-drawn, and the CLI."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import pytest
+
+from p5x import tasks
+from p5x.errors import ConfigError
+from p5x.schema import Interaction, Item, write_dataset
+from p5x.tasks import FAMILIES, explanation_of, feature_words, make_context, render
+
+ALL_FAMILIES = list(FAMILIES) + ["zeroshot"]
+ID_WORD = re.compile(r"(?:<i\d+_\d+>)+")
+
+
+@pytest.fixture(scope="module")
+def ctx(toy_ds):
+    return make_context(toy_ds, "random", seed=0)
+
+
+@pytest.fixture(scope="module")
+def train0(ctx):
+    return render(ctx, ALL_FAMILIES, "train", epoch=0)
+
+
+def ids_in(ctx, text):
+    return {ctx.index.lookup(m) for m in ID_WORD.findall(text)} - {None}
+
+
+@pytest.mark.parametrize("part", ["valid", "test"])
+def test_every_template_renders_without_leftover_braces(ctx, part):
+    rows = render(ctx, ALL_FAMILIES, part, templates="all")
+    every = {t.id for f in ALL_FAMILIES for t in ctx.templates[f].templates}
+    assert set(rows["template_id"]) == every
+    for inp, tgt in zip(rows["inputs"], rows["targets"]):
+        assert "{" not in inp + tgt and "}" not in inp + tgt and tgt.strip()
+
+
+def test_training_renders_every_seen_template_and_no_unseen(ctx, train0):
+    seen = {t.id for f in ALL_FAMILIES for t in ctx.templates[f].seen()}
+    assert set(train0["template_id"]) == seen
+    for inp, tgt in zip(train0["inputs"], train0["targets"]):
+        assert "{" not in inp + tgt and "}" not in inp + tgt
+    with pytest.raises(ConfigError, match="never trained"):
+        render(ctx, "rating", "train", templates="unseen")
+    with pytest.raises(ConfigError, match="never trained"):
+        render(ctx, "direct", "train", templates=["direct-1", "direct-8"])
+
+
+@pytest.mark.parametrize("epoch", [0, 1])
+def test_no_heldout_interaction_in_any_training_prompt(ctx, epoch):
+    rows = render(ctx, ALL_FAMILIES, "train", epoch=epoch)
+    held = {u: {ctx.split.valid[u].item_id, ctx.split.test[u].item_id} for u in ctx.split.test}
+    train_pairs = {(u, x.item_id) for u, xs in ctx.split.train.items() for x in xs}
+    heldout_reviews = {x.review for part in (ctx.split.valid, ctx.split.test) for x in part.values()}
+    assert set(rows["user_id"]) == set(ctx.split.train)  # every user gets training prompts
+    for r in rows:
+        bad = held.get(r["user_id"], set())
+        assert r["item_id"] not in bad, r
+        assert not bad & set(r["candidates"]), r
+        assert not bad & ids_in(ctx, r["inputs"] + " " + r["targets"]), r
+        if r["task"] in ("rating", "explanation", "review", "zeroshot") and r["kind"] != "next_text":
+            assert (r["user_id"], r["item_id"]) in train_pairs
+        if r["task"] == "review":
+            assert not any(rev in r["inputs"] for rev in heldout_reviews if rev) or \
+                (r["user_id"], r["item_id"]) in train_pairs
+
+
+@pytest.mark.parametrize("part", ["train", "valid", "test"])
+def test_candidate_lists_are_clean(ctx, part):
+    rows = render(ctx, ["sequential", "direct", "zeroshot"], part)
+    n_items = len(ctx.ds.items)
+    checked = 0
+    for r in rows:
+        if not r["candidates"]:
+            continue
+        cands = r["candidates"]
+        assert cands.count(r["item_id"]) == 1 and len(set(cands)) == len(cands)
+        negatives = set(cands) - {r["item_id"]}
+        assert not negatives & ctx.split.user_items(r["user_id"])
+        expected = 20 if r["kind"] == "next_text" else 100
+        assert len(cands) == min(expected, n_items - len(ctx.split.user_items(r["user_id"])) + 1)
+        if r["kind"] == "candidates":  # the prompt lists exactly these ids, in this order
+            shown = [ctx.index.lookup(w) for w in ID_WORD.findall(r["inputs"])]
+            assert [s for s in shown if s in set(cands)] == cands
+        checked += 1
+    assert checked > 0
+
+
+def test_eval_lists_are_fixed_and_training_draws_change_by_epoch(toy_ds, ctx, train0):
+    other = make_context(toy_ds, "random", seed=0)  # a fresh context: no shared cache
+    a = render(ctx, ["sequential", "direct"], "test")
+    b = render(other, ["direct", "sequential"], "test")
+    key = lambda rows: sorted(zip(rows["template_id"], rows["user_id"], rows["inputs"]))  # noqa: E731
+    assert key(a) == key(b)
+    assert render(ctx, ALL_FAMILIES, "train", epoch=0)["inputs"] == train0["inputs"]
+    assert render(ctx, ALL_FAMILIES, "train", epoch=1)["inputs"] != train0["inputs"]
+
+
+def test_training_mixture_counts(ctx, train0):
+    seq = train0.filter(lambda r: r["task"] == "sequential")
+    per_user = Counter((r["user_id"], r["kind"]) for r in seq)
+    for u in ctx.split.train:
+        assert per_user[(u, "next")] == 5 and per_user[(u, "candidates")] == 5
+        assert per_user[(u, "yesno")] == 10
+    yes = Counter(r["targets"] for r in seq if r["kind"] == "yesno")
+    assert yes["yes"] == yes["no"] == 5 * len(ctx.split.train)
+    n_train = sum(len(xs) for xs in ctx.split.train.values())
+    assert sum(1 for t in train0["task"] if t == "rating") == n_train
+
+
+def test_eval_rows_per_user_and_template(ctx):
+    rows = render(ctx, ["direct", "rating"], "valid", templates=["direct-1", "direct-5", "rating-1"])
+    c = Counter(rows["template_id"])
+    n = len(ctx.split.valid)
+    assert c == {"direct-1": 2 * n, "direct-5": n, "rating-1": n}
+    for r in rows:
+        if r["template_id"] == "rating-1":
+            assert r["item_id"] == ctx.split.valid[r["user_id"]].item_id
+            assert float(r["targets"]) == r["label"] == ctx.split.valid[r["user_id"]].rating
+
+
+def test_sequential_history_is_the_visible_past(ctx):
+    rows = render(ctx, "sequential", "test", templates=["sequential-1"])
+    for r in rows:
+        hist = [x.item_id for x in ctx.split.history(r["user_id"], "test")][-tasks.HISTORY_LEN:]
+        shown = [ctx.index.lookup(w) for w in ID_WORD.findall(r["inputs"])]
+        assert shown == hist and r["targets"] == ctx.index.text(ctx.split.test[r["user_id"]].item_id)
+
+
+def test_families_that_do_not_apply(tmp_path):
+    ds = write_dataset(tmp_path / "bare", "bare", "test", [Item(f"i{k}") for k in range(8)],
+                       [Interaction(f"u{u}", f"i{(u + k) % 8}", None, k) for u in range(4)
+                        for k in range(4)])
+    c = make_context(ds)
+    with pytest.raises(ConfigError, match="needs rating"):
+        render(c, "rating", "train")
+    assert set(render(c, "all", "train")["task"]) == {"sequential", "direct"}
+    with pytest.raises(ConfigError, match="did you mean"):
+        render(c, "sequentail", "train")
+
+
+def test_feature_words_and_explanations(ctx):
+    feats = feature_words(ctx)
+    assert all("arrived" not in f and "time" not in f for f in feats.values())  # in every review
+    some = next(iter(ctx.split.train.values()))[0]
+    title_word = ctx.ds.items[some.item_id].title.split()[1]  # the toy's feature word
+    assert feats[some.item_id][0] == title_word
+    assert explanation_of("Nice box. The scent is lovely! Ok.", ["scent"]) == ("The scent is lovely!", "scent")
+    assert explanation_of("Nice box. Fine.", ["scent"]) == ("Nice box.", "nice")
+    assert explanation_of("  ", ["scent"]) is None
+
+
+def test_cli_show(toy_dir, capsys):
+    assert tasks.main(["show", "--data", str(toy_dir), "--task", "sequential", "-n", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("input :") == 2 and "<i" in out
+    assert tasks.main(["show", "--data", str(toy_dir), "--task", "nope"]) == 2
+    assert capsys.readouterr().err.startswith("error: unknown task family")
