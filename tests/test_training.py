@@ -98,3 +98,13 @@ def test_deepspeed_zero2_cpu(toy_dir, tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert (out / "model.safetensors").is_file() and (out / "checkpoint-2").is_dir()
     load_checkpoint(out, data=toy_dir)
+
+
+def test_trains_on_rendered_tasks(toy_dir, tmp_path):
+    """The default row source: p5x.tasks.render, re-drawn per epoch (here 2 epochs, 3 steps)."""
+    out = train(_cfg(toy_dir, tmp_path / "tasks", tasks="sequential,direct", epochs=2, max_steps=3, save_steps=10))
+    cfg = json.loads((out / "p5x_config.json").read_text())
+    assert cfg["tasks"] == ["sequential", "direct"] and cfg["templates_hash"]
+    ck = load_checkpoint(out, data=toy_dir)
+    p = ck.featurizer.encode_prompts(["what will user " + ck.user_index.text(next(iter(ck.user_index.codes))) + " buy ?"])
+    assert ck.model.generate(**p, max_new_tokens=4, do_sample=False).shape[0] == 1
