@@ -174,10 +174,14 @@ class P5XModel(nn.Module):
         # left padding shifts the prompt; positions must count real tokens only
         return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
-    def forward(self, input_ids, attention_mask, whole_word_ids=None, labels=None):
+    def forward(self, input_ids, attention_mask, whole_word_ids=None, labels=None, decoder_input_ids=None):
         # no **kwargs: HF Trainer reads a catch-all as "computes its own loss normalisation"
         embeds = self.embed(input_ids, whole_word_ids)
         extra = {"position_ids": self._positions(attention_mask)} if self.decoder_only else {}
+        if decoder_input_ids is not None:  # scoring the first answer step (yes/no) on T5
+            if self.decoder_only:
+                raise ConfigError("decoder_input_ids: a decoder-only model has no decoder inputs")
+            extra["decoder_input_ids"] = decoder_input_ids
         return self.backbone(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **extra)
 
     @torch.no_grad()

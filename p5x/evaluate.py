@@ -1,0 +1,273 @@
+"""Evaluate one checkpoint on every family, seen and unseen templates apart, next to baselines.
+
+    python -m p5x.evaluate --checkpoint runs/default --tasks all --split test
+
+Protocol (docs/DESIGN.md): the split is the one the model trained on (same data hash, or refused).
+
+- sequential next-item: full ranking over the whole catalogue by trie-constrained beam search
+  (beam 20): HR@5/10/20, NDCG@5/10/20, and the share of returned beams that were not items;
+- pick-from-candidates kinds (sequential, direct): the 100 fixed candidates ranked by where each
+  appears among the constrained beams (absent ones last, in candidate order), labelled "sampled";
+- yes/no kinds: AUC over the positive and negative rows, and (direct, sequential) the 100
+  candidates ranked by P(yes), labelled "sampled";
+- rating kinds: RMSE/MAE over every record; an output that does not parse as a number is counted
+  and scored as the training mean, never dropped;
+- explanation: BLEU-4, ROUGE-1/2/L; review summaries: ROUGE, BLEU-2; review ratings: RMSE/MAE.
+
+Rows are pooled over the templates of each (family, kind, seen/unseen) group; metrics.json also
+keeps each template's own numbers. Baseline rows (p5x.baselines) join the same table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import metrics as M
+from .errors import ConfigError, P5XError
+from .inference import build_item_trie, generate_text, rank_items, yes_probability
+from .schema import load_dataset
+from .tasks import HISTORY_LEN, make_context, render, resolve_families
+from .templates import Template
+
+SEQ_KS = (5, 10, 20)
+SAMPLED_KS, SAMPLED_NDCG_KS = (1, 5, 10), (5, 10)
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+@dataclass
+class EvalConfig:
+    """Options of `python -m p5x.evaluate` (see --help)."""
+
+    checkpoint: Path
+    data: Path | None = None
+    tasks: str = "all"
+    split: str = "test"
+    templates: tuple[str, ...] = ("seen", "unseen")
+    beams: int = 20
+    batch_size: int = 16
+    max_users: int | None = None
+    baselines: bool = True
+    baseline_epochs: int = 50
+    out: Path | None = None
+    device: str = "auto"
+    progress: bool = True
+
+
+def parse_number(text: str) -> float | None:
+    m = _NUMBER.search(text)
+    return float(m.group()) if m else None
+
+
+def _rating_metrics(preds: list[str], labels, fallback: float) -> dict:
+    vals = [parse_number(p) for p in preds]
+    bad = sum(v is None for v in vals)
+    vals = [fallback if v is None else min(5.0, max(1.0, v)) for v in vals]
+    return {"RMSE": M.rmse(vals, labels), "MAE": M.mae(vals, labels), "unparsable": bad, "n": len(vals)}
+
+
+def _rank_by_beams(beams: list[str], candidates: list[str]) -> list[str]:
+    """Candidates in the order the model's constrained beams name them; the rest after, in list order."""
+    cset = set(candidates)
+    first = [b for b in beams if b in cset]
+    rest = [c for c in candidates if c not in set(first)]
+    return first + rest
+
+
+class Evaluator:
+    """Holds a checkpoint, the task context and the item trie; one method per template kind."""
+
+    def __init__(self, ckpt, ds, cfg: EvalConfig):
+        self.ckpt, self.ds, self.cfg = ckpt, ds, cfg
+        self.ctx = make_context(ds, ckpt.config.get("indexing", "random"), ckpt.config.get("seed", 0),
+                                index=ckpt.index, user_index=ckpt.user_index)
+        self.trie = build_item_trie(ckpt)
+        ratings = [x.rating for xs in self.ctx.split.train.values() for x in xs if x.rating is not None]
+        self.train_mean = float(np.mean(ratings)) if ratings else 3.0
+
+    # -- kinds ---------------------------------------------------------------------------------
+    def next_items(self, rows) -> dict:
+        ranked, invalid = rank_items(self.ckpt, rows["inputs"], self.trie, self.cfg.beams,
+                                     self.cfg.batch_size, desc="sequential", progress=self.cfg.progress)
+        out = M.ranking_metrics(ranked, rows["item_id"], SEQ_KS)
+        out["invalid"] = invalid / max(1, len(rows["inputs"]) * min(self.cfg.beams, self.trie.num_items))
+        return out
+
+    def candidates_by_generation(self, rows) -> dict:
+        ranked, _ = rank_items(self.ckpt, rows["inputs"], self.trie, self.cfg.beams, self.cfg.batch_size,
+                               desc="candidates", progress=self.cfg.progress)
+        ranked = [_rank_by_beams(r, c) for r, c in zip(ranked, rows["candidates"])]
+        return M.ranking_metrics(ranked, rows["item_id"], SAMPLED_KS, SAMPLED_NDCG_KS)
+
+    def yes_no(self, rows) -> dict:
+        p = yes_probability(self.ckpt, rows["inputs"], desc="yes/no", progress=self.cfg.progress)
+        labels = np.asarray(rows["label"], dtype=float)
+        both = 0 < labels.sum() < len(labels)  # a group can hold one class only (e.g. all "yes")
+        return {"AUC": M.auc(labels, p) if both else float("nan"),
+                "accuracy": float(((p > 0.5) == (labels > 0.5)).mean()), "n": len(labels)}
+
+    def candidates_by_yes_no(self, family: str, template: Template) -> dict:
+        """Score each user's 100 fixed candidates with a yes/no template; rank by P(yes)."""
+        cand_rows = render(self.ctx, [family], self.cfg.split,
+                           templates=[self._first_of_kind(family, "candidates")])
+        cand_rows = self._limit(cand_rows)
+        prompts, owners = [], []
+        for k, (user, cands) in enumerate(zip(cand_rows["user_id"], cand_rows["candidates"])):
+            fields = {"user": self.ctx.user_index.text(user), "answer": "yes"}
+            if "{history}" in template.input:
+                hist = self.ctx.split.history(user, self.cfg.split)[-HISTORY_LEN:]
+                fields["history"] = " , ".join(self.ctx.index.text(x.item_id) for x in hist)
+            for c in cands:
+                prompts.append(template.render({**fields, "item": self.ctx.index.text(c)})[0])
+                owners.append(k)
+        p = yes_probability(self.ckpt, prompts, desc="yes/no ranking", progress=self.cfg.progress)
+        ranked, at = [], 0
+        for cands in cand_rows["candidates"]:
+            sc = p[at:at + len(cands)]
+            at += len(cands)
+            ranked.append([cands[j] for j in np.argsort(-sc, kind="stable")])
+        return M.ranking_metrics(ranked, cand_rows["item_id"], SAMPLED_KS, SAMPLED_NDCG_KS)
+
+    def ratings(self, rows) -> dict:
+        preds = generate_text(self.ckpt, rows["inputs"], 8, self.cfg.batch_size, desc="rating",
+                              progress=self.cfg.progress)
+        labels = [parse_number(t) for t in rows["targets"]]
+        return _rating_metrics(preds, labels, self.train_mean)
+
+    def texts(self, rows, bleu) -> dict:
+        preds = generate_text(self.ckpt, rows["inputs"], self.ckpt.config.get("max_target_len", 64),
+                              self.cfg.batch_size, desc="text", progress=self.cfg.progress)
+        refs = list(rows["targets"])
+        return {bleu.__name__.upper().replace("BLEU", "BLEU-"): bleu(preds, refs), **M.rouge(preds, refs)}
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def _first_of_kind(self, family: str, kind: str) -> str:
+        return next(t.id for t in self.ctx.templates[family].templates if t.kind == kind and not t.unseen)
+
+    def _limit(self, rows):
+        if self.cfg.max_users is None:
+            return rows
+        users = sorted(set(rows["user_id"]))[: self.cfg.max_users]
+        keep = set(users)
+        return rows.filter(lambda u: u in keep, input_columns="user_id")
+
+    def family(self, family: str, group: str) -> list[dict]:
+        rows = self._limit(render(self.ctx, [family], self.cfg.split, templates=group))
+        if len(rows) == 0:
+            return []
+        by_kind: dict[str, list[int]] = defaultdict(list)
+        for i, k in enumerate(rows["kind"]):
+            by_kind[k].append(i)
+        out = []
+        for kind, idx in by_kind.items():
+            sub = rows.select(idx)
+            tids = sorted(set(sub["template_id"]))
+            res = self.kind(family, kind, sub)
+            for protocol, metrics in res:
+                out.append({"model": f"p5x ({self.ckpt.config.get('backbone', '?')})",
+                            "task": f"{family}/{kind}", "protocol": protocol, "templates": group,
+                            "metrics": metrics, "template_ids": tids, "n": len(sub)})
+        return out
+
+    def kind(self, family: str, kind: str, rows) -> list[tuple[str, dict]]:
+        if kind == "next":
+            return [("full ranking", self.next_items(rows))]
+        if kind == "candidates":
+            return [("sampled 1-of-100, generation", self.candidates_by_generation(rows))]
+        if kind in ("yesno", "like", "rating_check", "preference"):
+            res = [("yes/no rows", self.yes_no(rows))]
+            if kind == "yesno" and family in ("direct", "sequential"):
+                t = next(t for t in self.ctx.templates[family].templates if t.id == rows["template_id"][0])
+                res.append(("sampled 1-of-100, yes/no scoring", self.candidates_by_yes_no(family, t)))
+            return res
+        if kind in ("rating", "review_rating"):
+            return [("all records", self.ratings(rows))]
+        if kind in ("explain", "explain_feature", "explain_rating"):
+            return [("all records", self.texts(rows, M.bleu4))]
+        if kind == "summary":
+            return [("all records", self.texts(rows, M.bleu2))]
+        return []
+
+
+def evaluate(cfg: EvalConfig) -> tuple[list[dict], dict]:
+    from .checkpoint import load_checkpoint, read_config
+
+    config = read_config(cfg.checkpoint)
+    recorded = config.get("train_config", {}).get("data")
+    data = cfg.data or (Path(recorded) if recorded else None)
+    if data is None:
+        raise ConfigError("--data: the checkpoint does not record its dataset; pass --data DIR")
+    ds = load_dataset(data)
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    ckpt = load_checkpoint(cfg.checkpoint, data=ds, device=device)
+    ev = Evaluator(ckpt, ds, cfg)
+    families = resolve_families(ev.ctx, cfg.tasks.split(","))
+    rows: list[dict] = []
+    for family in families:
+        for group in cfg.templates:
+            rows += ev.family(family, group)
+    if cfg.baselines:
+        from .baselines import BaselineConfig, run_baselines
+
+        tasks = tuple(t for t in ("sequential", "direct", "rating") if t in families)
+        if tasks:
+            rows += run_baselines(ds, BaselineConfig(part=cfg.split, tasks=tasks, seed=config.get("seed", 0),
+                                                     epochs=cfg.baseline_epochs, device=device,
+                                                     progress=cfg.progress))
+    meta = {"split": cfg.split, "indexing": config.get("indexing"), "seed": config.get("seed"),
+            "templates": sorted({t for r in rows for t in r.get("template_ids", [])}),
+            "data_hash": ds.data_hash, "data": str(Path(data).resolve()), "checkpoint": str(cfg.checkpoint),
+            "model": config.get("backbone"), "device": M.device_name(device), "max_users": cfg.max_users,
+            "beams": cfg.beams}
+    return rows, meta
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m p5x.evaluate", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--checkpoint", type=Path, default=Path("runs/default"), help="checkpoint directory")
+    ap.add_argument("--data", type=Path, help="normalized dataset (default: the one the checkpoint records)")
+    ap.add_argument("--tasks", default="all", help="'all' or a comma list of families")
+    ap.add_argument("--split", default="test", choices=("test", "valid"), help="held-out part to score")
+    ap.add_argument("--templates", default="seen,unseen", help="template groups: seen, unseen or both")
+    ap.add_argument("--beams", type=int, default=20, help="beam size for item generation (full ranking)")
+    ap.add_argument("--batch-size", type=int, default=16, help="prompts per generation batch")
+    ap.add_argument("--max-users", type=int, help="evaluate only the first N users (sorted ids) per family")
+    ap.add_argument("--no-baselines", action="store_true", help="skip the same-split baseline rows")
+    ap.add_argument("--baseline-epochs", type=int, default=50, help="SASRec epochs for the baseline rows")
+    ap.add_argument("--out", type=Path, help="directory for metrics.json/metrics.md (default CKPT/eval)")
+    ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    groups = tuple(g.strip() for g in args.templates.split(",") if g.strip())
+    try:
+        if not groups or any(g not in ("seen", "unseen") for g in groups):
+            raise ConfigError(f"--templates: expected seen, unseen or seen,unseen, got {args.templates!r}")
+        if args.beams < 1 or args.batch_size < 1:
+            raise ConfigError("--beams and --batch-size must be positive")
+        cfg = EvalConfig(args.checkpoint, args.data, args.tasks, args.split, groups, args.beams,
+                         args.batch_size, args.max_users, not args.no_baselines, args.baseline_epochs,
+                         args.out, args.device, not args.no_progress)
+        rows, meta = evaluate(cfg)
+        out = args.out or (args.checkpoint / "eval")
+        M.write_results(out / "metrics.json", rows, meta)
+    except P5XError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(M.format_table(rows), end="")
+    print(f"\nwrote {out / 'metrics.json'} and {out / 'metrics.md'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Asking a loaded model things: free text, ranked catalogue items, yes/no probabilities.
+
+Shared by `generate.py` (one question at a time) and `p5x.evaluate` (every test user). All three
+work on rendered prompt strings, in batches, on whatever device the model sits on.
+
+- `generate_text`: greedy (or beam) decoding of free text (ratings, explanations, summaries).
+- `rank_items`: beam search constrained by the item trie (p5x.decoding), so every returned
+  sequence is a real catalogue id; beams come back best first and are mapped to raw item ids.
+- `yes_probability`: P("yes") against P("no") from the first answer step's logits, with the answer
+  tokens looked up from the tokenizer at run time.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .decoding import ItemTrie, TrieLogitsProcessor
+from .tokenization import answer_token_ids
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _batches(n: int, size: int, desc: str | None, progress: bool):
+    starts = range(0, n, size)
+    if progress and desc:
+        starts = tqdm(starts, desc=desc, unit="batch", leave=False)
+    for s in starts:
+        yield s, min(n, s + size)
+
+
+def _encode(ckpt, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+    batch = ckpt.featurizer.encode_prompts(list(prompts))
+    dev = _device(ckpt.model)
+    return {k: v.to(dev) for k, v in batch.items()}
+
+
+def build_item_trie(ckpt, items: Sequence[str] | None = None) -> ItemTrie:
+    """A trie over the token sequences of catalogue ids, encoded by the featurizer's target encoder."""
+    raw = list(ckpt.index.codes) if items is None else list(items)
+    seqs = ckpt.featurizer.encode_targets([ckpt.index.text(i) for i in raw])
+    vocab = max(len(ckpt.tokenizer), ckpt.model.backbone.get_output_embeddings().weight.shape[0])
+    return ItemTrie(seqs, eos_id=ckpt.tokenizer.eos_token_id, vocab_size=vocab,
+                    pad_id=ckpt.tokenizer.pad_token_id)
+
+
+@torch.no_grad()
+def generate_text(ckpt, prompts: Sequence[str], max_new_tokens: int = 64, batch_size: int = 32,
+                  num_beams: int = 1, desc: str | None = None, progress: bool = True) -> list[str]:
+    ckpt.model.eval()
+    out: list[str] = []
+    for s, e in _batches(len(prompts), batch_size, desc, progress):
+        batch = _encode(ckpt, prompts[s:e])
+        ids = ckpt.model.generate(**batch, max_new_tokens=max_new_tokens, num_beams=num_beams,
+                                  do_sample=False, pad_token_id=ckpt.tokenizer.pad_token_id)
+        out.extend(t.strip() for t in ckpt.tokenizer.batch_decode(ids, skip_special_tokens=True))
+    return out
+
+
+@torch.no_grad()
+def rank_items(ckpt, prompts: Sequence[str], trie: ItemTrie, beams: int = 20, batch_size: int = 16,
+               desc: str | None = None, progress: bool = True) -> tuple[list[list[str]], int]:
+    """Top-`beams` raw item ids per prompt (best first) and the count of outputs that were not items."""
+    ckpt.model.eval()
+    beams = min(beams, trie.num_items)
+    ranked: list[list[str]] = []
+    invalid = 0
+    max_len = max(len(s) for s in trie.sequences())
+    for s, e in _batches(len(prompts), batch_size, desc, progress):
+        batch = _encode(ckpt, prompts[s:e])
+        # decoder-only models generating from inputs_embeds see only the new tokens
+        proc = TrieLogitsProcessor(trie, prompt_len=0, decoder_start=not ckpt.model.decoder_only)
+        ids = ckpt.model.generate(**batch, max_new_tokens=max_len, num_beams=beams,
+                                  num_return_sequences=beams, do_sample=False, early_stopping=True,
+                                  logits_processor=[proc], pad_token_id=ckpt.tokenizer.pad_token_id)
+        texts = ckpt.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        for r in range(e - s):
+            row, seen = [], set()
+            for t in texts[r * beams:(r + 1) * beams]:
+                item = ckpt.index.lookup(t.replace(" ", ""))
+                if item is None:
+                    invalid += 1
+                elif item not in seen:
+                    seen.add(item)
+                    row.append(item)
+            ranked.append(row)
+    return ranked, invalid
+
+
+@torch.no_grad()
+def yes_probability(ckpt, prompts: Sequence[str], batch_size: int = 64, desc: str | None = None,
+                    progress: bool = True) -> np.ndarray:
+    """P(yes) / (P(yes) + P(no)) at the first answer position, per prompt."""
+    ckpt.model.eval()
+    yes_id, no_id = answer_token_ids(ckpt.tokenizer, ("yes", "no"))
+    out = []
+    for s, e in _batches(len(prompts), batch_size, desc, progress):
+        batch = _encode(ckpt, prompts[s:e])
+        if ckpt.model.decoder_only:
+            logits = ckpt.model(**batch).logits[:, -1]  # prompts are left-padded: last = next token
+        else:
+            start = ckpt.model.backbone.config.decoder_start_token_id
+            dec = torch.full((e - s, 1), start, dtype=torch.long, device=batch["input_ids"].device)
+            logits = ckpt.model(**batch, decoder_input_ids=dec).logits[:, 0]
+        pair = torch.stack([logits[:, yes_id], logits[:, no_id]], -1).float().softmax(-1)
+        out.append(pair[:, 0].cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
