@@ -35,6 +35,7 @@ import sys
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 import numpy as np
 
@@ -127,6 +128,33 @@ class Catalogue:
         draw = rng.choice(n, size=min(n, k + len(seen)), replace=False)
         return draw[~np.isin(draw, seen)][:k].tolist()
 
+    def available(self, user: str) -> int:
+        return len(self.ids) - len(self.seen.get(user, ()))
+
+    def join(self, positions: list[int], sep: str = " , ") -> str:
+        """Id texts of catalogue positions; " , " keeps every id a whole word (p5x.templates)."""
+        return sep.join(itemgetter(*positions)(self.texts)) if len(positions) > 1 else \
+            "".join(self.texts[p] for p in positions)
+
+    def raw(self, positions: list[int]) -> list[str]:
+        return list(itemgetter(*positions)(self.ids)) if len(positions) > 1 else \
+            [self.ids[p] for p in positions]
+
+
+class NegativePool:
+    """A user's training negatives for one epoch, drawn in one block (one numpy call per user,
+    not per prompt); lists within a user-epoch are then disjoint. Small catalogues draw per call."""
+
+    def __init__(self, cat: Catalogue, rng: np.random.Generator, user: str, budget: int):
+        self.cat, self.rng, self.user, self.at = cat, rng, user, 0
+        self.block = cat.negatives(rng, user, budget) if cat.available(user) >= 2 * budget else None
+
+    def take(self, k: int) -> list[int]:
+        if self.block is not None and self.at + k <= len(self.block):
+            self.at += k
+            return self.block[self.at - k:self.at]
+        return self.cat.negatives(self.rng, self.user, k)
+
 
 def _cat(ctx: TaskContext) -> Catalogue:
     if "catalogue" not in ctx.cache:
@@ -145,7 +173,8 @@ def _with_positive(rng, negatives: list[int], positive: int) -> list[int]:
     return out
 
 
-def _candidate_positions(ctx, user, part, positive: str, rng=None, n=N_CANDIDATES) -> list[int]:
+def _candidate_positions(ctx, user, part, positive: str, rng=None, n=N_CANDIDATES,
+                         negs: NegativePool | None = None) -> list[int]:
     """Positive + n-1 never-interacted items; for eval parts fixed by (seed, part, user)."""
     cat = _cat(ctx)
     if rng is None:
@@ -156,7 +185,7 @@ def _candidate_positions(ctx, user, part, positive: str, rng=None, n=N_CANDIDATE
             ctx.cache[key] = (negs, int(r.integers(1 << 30)))
         negs, order_seed = ctx.cache[key]
         return _with_positive(np.random.default_rng(order_seed), negs[:n - 1], cat.pos[positive])
-    return _with_positive(rng, cat.negatives(rng, user, n - 1), cat.pos[positive])
+    return _with_positive(rng, negs.take(n - 1), cat.pos[positive])
 
 
 def _eval_negative(ctx, user, part) -> str | None:
@@ -174,11 +203,6 @@ def _eval_negative(ctx, user, part) -> str | None:
 
 def fmt_rating(r: float) -> str:
     return f"{r:.1f}"
-
-
-def _ids_text(ctx, raws) -> str:
-    # " , " keeps every id a whole whitespace-separated word (see p5x.templates)
-    return " , ".join(ctx.index.text(r) for r in raws)
 
 
 def _item_fields(ctx, iid: str) -> dict:
@@ -280,33 +304,38 @@ def _record_samples(ctx, family: str, kind: str, x: Interaction, part: str, rng)
 
 
 def _user_samples(ctx, family: str, kind: str, user: str, history: list[Interaction],
-                  target: Interaction, part: str, rng, positive: bool | None = None) -> list[Sample]:
-    """Samples of `kind`; rng is None for evaluation parts (fixed candidates, both yes/no rows)."""
+                  target: Interaction, part: str, rng, positive: bool | None = None,
+                  negs: NegativePool | None = None) -> list[Sample]:
+    """Samples of `kind`; rng and negs are None for evaluation parts (fixed candidates, both
+    yes/no rows)."""
     cat = _cat(ctx)
     f = {"user": ctx.user_index.text(user)}
     if family != "direct":
-        f["history"] = _ids_text(ctx, [x.item_id for x in history[-HISTORY_LEN:]])
+        f["history"] = cat.join([cat.pos[x.item_id] for x in history[-HISTORY_LEN:]])
     tid = target.item_id
     if kind == "next":
         return [Sample(kind, {**f, "item": ctx.index.text(tid)}, user, tid)]
     if kind == "candidates":
-        cands = [cat.ids[c] for c in _candidate_positions(ctx, user, part, tid, rng)]
-        f.update(item=ctx.index.text(tid), candidates=" , ".join(cat.texts[cat.pos[c]] for c in cands))
-        return [Sample(kind, f, user, tid, cands)]
+        cands = _candidate_positions(ctx, user, part, tid, rng, negs=negs)
+        f.update(item=ctx.index.text(tid), candidates=cat.join(cands))
+        return [Sample(kind, f, user, tid, cat.raw(cands))]
     if kind == "yesno":
         out = []
         if positive in (True, None):
             out.append(Sample(kind, {**f, "item": ctx.index.text(tid), "answer": "yes"}, user, tid,
                               label=1.0))
         if positive in (False, None):
-            negs = cat.negatives(rng, user, 1) if rng is not None else None
-            neg = cat.ids[negs[0]] if negs else (_eval_negative(ctx, user, part) if rng is None else None)
+            if negs is not None:
+                got = negs.take(1)
+                neg = cat.ids[got[0]] if got else None
+            else:
+                neg = _eval_negative(ctx, user, part)
             if neg is not None:
                 out.append(Sample(kind, {**f, "item": ctx.index.text(neg), "answer": "no"}, user, neg,
                                   label=0.0))
         return out
     if kind == "next_text":
-        cands = [cat.ids[c] for c in _candidate_positions(ctx, user, part, tid, rng, TEXT_CANDIDATES)]
+        cands = cat.raw(_candidate_positions(ctx, user, part, tid, rng, TEXT_CANDIDATES, negs))
         title = lambda i: ctx.ds.items[i].title or i  # noqa: E731
         f.update(history_text=" ; ".join(title(x.item_id) for x in history[-TEXT_HISTORY_LEN:]),
                  candidates_text=" ; ".join(title(c) for c in cands), title=title(tid))
@@ -344,10 +373,14 @@ def _train_user_samples(ctx, family, pool, rng) -> list[Sample]:
     if not counts:
         return out
     need = 1 if family in ("direct",) else 2
+    per_list = {"candidates": N_CANDIDATES - 1, "next_text": TEXT_CANDIDATES - 1, "yesno": 1}
+    budget = sum(n * per_list.get(k, 0) for k, n in counts.items())
+    cat = _cat(ctx)
     for user in sorted(ctx.split.train):
         xs = ctx.split.train[user]
         if len(xs) < need:
             continue
+        negs = NegativePool(cat, rng, user, budget)
         for kind, n in counts.items():
             for k in range(n):
                 if family == "direct":
@@ -356,7 +389,7 @@ def _train_user_samples(ctx, family, pool, rng) -> list[Sample]:
                     j = int(rng.integers(1, len(xs)))
                     hist, tgt = xs[:j], xs[j]
                 out += _user_samples(ctx, family, kind, user, hist, tgt, "train", rng,
-                                     positive=(k % 2 == 0))
+                                     positive=(k % 2 == 0), negs=negs)
     return out
 
 
@@ -498,7 +531,12 @@ def render(ctx: TaskContext, families, part: str, epoch: int = 0, templates="see
         **{c: datasets.Value("string") for c in COLUMNS if c not in ("candidates", "label")},
         "candidates": datasets.Sequence(datasets.Value("string")),
         "label": datasets.Value("float64")})
-    return datasets.Dataset.from_dict(rows, features=features)
+    # straight to Arrow: Dataset.from_dict re-encodes every row in Python (2-3x slower here)
+    from datasets.table import InMemoryTable
+    import pyarrow as pa
+
+    table = pa.Table.from_pydict(rows, schema=features.arrow_schema)
+    return datasets.Dataset(InMemoryTable(table), info=datasets.DatasetInfo(features=features))
 
 
 # ----------------------------------------------------------------------------------------------
