@@ -18,6 +18,13 @@ sequential 5 next-item + 5 candidate + 10 yes/no prompts (half positive, half ne
 Each sample's template is drawn among the selected templates of its kind. Evaluation parts give
 one row per evaluated user per template (yes/no kinds: a positive and a negative row).
 
+Extra families, rendered when asked by name: `zeroshot` (items described by title, brand, categories
+and price instead of ids; its next-item kind lists TEXT_CANDIDATES candidates by title) and
+`preference` (TALLRec: the titles of the user's recent liked and disliked items, time order, like =
+rating > 3, a target title, answer "Yes"/"No"; PREFERENCE_HISTORY items, 5 random cuts of each
+training sequence per epoch). `all` = the applicable FAMILIES plus preference when the dataset has
+ratings and titles.
+
 Feature words (for explanation prompts; P5 had extracted explanation sentences, our sources do not):
 an item's feature words are the FEATURE_WORDS words with the highest tf-idf over its title and its
 TRAINING reviews (words: lowercase letters, 3+ characters, no stop words; idf across items), so
@@ -53,12 +60,13 @@ N_CANDIDATES = 100
 TEXT_HISTORY_LEN = 5      # zero-shot prompts list items by title, so they keep fewer of them
 TEXT_CANDIDATES = 20
 FEATURE_WORDS = 5
+PREFERENCE_HISTORY = 10   # TALLRec shows the 10 most recent rated items
 # per user and epoch: how many training prompts of each kind (P5's sampling)
 TRAIN_COUNTS = {
     "sequential": {"next": 5, "candidates": 5, "yesno": 10},
     "direct": {"yesno": 10, "candidates": 5},
     "zeroshot": {"next_text": 1},
-    "preference": {"preference": 1},
+    "preference": {"preference": 5},
 }
 # dataset fields a family cannot do without
 NEEDS = {"rating": ("rating",), "explanation": ("review",), "review": ("review",),
@@ -349,7 +357,7 @@ def _preference_sample(ctx, user, history, target) -> list[Sample]:
     if target.rating is None or not history:
         return []
     title = lambda x: ctx.ds.items[x.item_id].title or x.item_id  # noqa: E731
-    recent = [x for x in history[-HISTORY_LEN:] if x.rating is not None]
+    recent = [x for x in history[-PREFERENCE_HISTORY:] if x.rating is not None]
     liked = " ; ".join(title(x) for x in recent if x.rating > 3) or "none"
     disliked = " ; ".join(title(x) for x in recent if x.rating <= 3) or "none"
     like = target.rating > 3

@@ -13,7 +13,7 @@ from p5x.errors import ConfigError
 from p5x.schema import Interaction, Item, write_dataset
 from p5x.tasks import FAMILIES, explanation_of, feature_words, make_context, render
 
-ALL_FAMILIES = list(FAMILIES) + ["zeroshot"]
+ALL_FAMILIES = list(FAMILIES) + ["zeroshot", "preference"]
 ID_WORD = re.compile(r"(?:<i\d+_\d+>)+")
 
 
@@ -57,13 +57,18 @@ def test_no_heldout_interaction_in_any_training_prompt(ctx, epoch):
     held = {u: {ctx.split.valid[u].item_id, ctx.split.test[u].item_id} for u in ctx.split.test}
     train_pairs = {(u, x.item_id) for u, xs in ctx.split.train.items() for x in xs}
     heldout_reviews = {x.review for part in (ctx.split.valid, ctx.split.test) for x in part.values()}
+    held_titles = {u: [re.escape(ctx.ds.items[i].title) + r"(?!\d)" for i in items]
+                   for u, items in held.items()}
     assert set(rows["user_id"]) == set(ctx.split.train)  # every user gets training prompts
     for r in rows:
         bad = held.get(r["user_id"], set())
         assert r["item_id"] not in bad, r
         assert not bad & set(r["candidates"]), r
         assert not bad & ids_in(ctx, r["inputs"] + " " + r["targets"]), r
-        if r["task"] in ("rating", "explanation", "review", "zeroshot") and r["kind"] != "next_text":
+        # titles stand for items in zero-shot and preference prompts
+        assert not any(re.search(t, r["inputs"] + " " + r["targets"]) for t in held_titles[r["user_id"]]), r
+        if r["task"] in ("rating", "explanation", "review", "zeroshot", "preference") \
+                and r["kind"] != "next_text":
             assert (r["user_id"], r["item_id"]) in train_pairs
         if r["task"] == "review":
             assert not any(rev in r["inputs"] for rev in heldout_reviews if rev) or \
@@ -161,3 +166,13 @@ def test_cli_show(toy_dir, capsys):
     assert out.count("input :") == 2 and "<i" in out
     assert tasks.main(["show", "--data", str(toy_dir), "--task", "nope"]) == 2
     assert capsys.readouterr().err.startswith("error: unknown task family")
+
+
+def test_preference_rows(ctx):
+    rows = render(ctx, "preference", "test", templates="all")
+    assert len(rows) == len(ctx.split.test) * len(ctx.templates["preference"].templates)
+    for r in rows:
+        x = ctx.split.test[r["user_id"]]
+        assert r["targets"] == ("Yes" if x.rating > 3 else "No") and r["label"] == float(x.rating > 3)
+        assert ctx.ds.items[x.item_id].title in r["inputs"]
+    assert "preference" in set(render(ctx, "all", "train")["task"])
