@@ -10,7 +10,8 @@ import pytest
 from p5x.errors import TemplateError
 from p5x.templates import load_templates, placeholders
 
-SIZES = {"rating": 10, "sequential": 13, "explanation": 12, "review": 4, "direct": 8, "zeroshot": 7}
+SIZES = {"rating": 10, "sequential": 13, "explanation": 12, "review": 4, "direct": 8, "zeroshot": 7,
+         "preference": 4}
 
 
 def test_shipped_families_have_p5_sizes_and_one_unseen_last():
