@@ -92,16 +92,24 @@ def _rank_candidates(scores: np.ndarray, cands: list[list[str]], seed: int) -> l
     return out
 
 
-def _full_rank(scores: torch.Tensor, item_ids: list[str], k: int, histories=None) -> list[list[str]]:
-    """Top-k raw ids per row of [n, n_items] scores (optionally masking each row's history)."""
-    scores = scores.clone().float()
-    if histories is not None:
-        pos = {iid: j for j, iid in enumerate(item_ids)}
-        for r, h in enumerate(histories):
-            idx = [pos[i] for i in h if i in pos]
-            scores[r, idx] = float("-inf")
-    top = torch.topk(scores, min(k, scores.shape[1]), dim=1).indices.cpu().numpy()
-    return [[item_ids[j] for j in row] for row in top]
+def _full_rank(score_fn, histories: list[list[str]], item_ids: list[str], k: int, exclude: bool = False,
+               chunk: int = 1024) -> list[list[str]]:
+    """Top-k raw ids for each history, scoring all items with score_fn(histories chunk) -> [c, n_items].
+
+    Chunked so that a [users, items] score matrix (22k x 12k on Beauty) is never held at once.
+    With `exclude`, each user's history items are removed from the ranking first.
+    """
+    pos = {iid: j for j, iid in enumerate(item_ids)}
+    out: list[list[str]] = []
+    for s in range(0, len(histories), chunk):
+        hist = histories[s:s + chunk]
+        scores = torch.as_tensor(score_fn(hist)).float().clone()
+        if exclude:
+            for r, h in enumerate(hist):
+                scores[r, [pos[i] for i in h if i in pos]] = float("-inf")
+        top = torch.topk(scores, min(k, scores.shape[1]), dim=1).indices.cpu().numpy()
+        out += [[item_ids[j] for j in row] for row in top]
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -132,13 +140,13 @@ class SASRecNet(nn.Module):
     """Item + learned position embeddings, pre-LN causal transformer blocks, tied output scores."""
 
     def __init__(self, n_items: int, dim: int = 64, layers: int = 2, heads: int = 2, max_len: int = 50,
-                 dropout: float = 0.2):
+                 dropout: float = 0.5):
         super().__init__()
         self.max_len = max_len
         self.item = nn.Embedding(n_items + 1, dim, padding_idx=0)  # 0 = padding
         self.pos = nn.Embedding(max_len, dim)
         self.drop = nn.Dropout(dropout)
-        block = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=dim, dropout=dropout,
+        block = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=4 * dim, dropout=dropout,
                                            activation="gelu", batch_first=True, norm_first=True)
         self.blocks = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
@@ -152,7 +160,9 @@ class SASRecNet(nn.Module):
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         """[B, L] left-padded item indices -> [B, L, dim] hidden states (position t sees <= t)."""
         L = seq.shape[1]
-        x = self.item(seq) * math.sqrt(self.item.embedding_dim) + self.pos(torch.arange(L, device=seq.device))
+        # positions count back from the most recent item, so trimming left padding changes nothing
+        pos = torch.arange(self.max_len - L, self.max_len, device=seq.device)
+        x = self.item(seq) * math.sqrt(self.item.embedding_dim) + self.pos(pos)
         x = self.drop(x) * (seq > 0).unsqueeze(-1)
         causal = torch.triu(torch.ones(L, L, dtype=torch.bool, device=seq.device), 1)
         h = self.blocks(x, mask=causal)
@@ -211,7 +221,7 @@ def _training_rows(split: Split, model: SASRec, objective: str):
 
 
 def train_sasrec(split: Split, item_ids: list[str], objective: str = "ce", dim: int = 64, layers: int = 2,
-                 heads: int = 2, max_len: int = 50, dropout: float = 0.2, epochs: int = 200,
+                 heads: int = 2, max_len: int = 50, dropout: float = 0.5, epochs: int = 200,
                  batch_size: int = 128, lr: float = 1e-3, weight_decay: float = 0.0, seed: int = 0,
                  device: str = "cpu", progress: bool = True) -> SASRec:
     """Train SASRec on split.train. objective "ce": next-item full softmax over all items at every
@@ -238,13 +248,14 @@ def train_sasrec(split: Split, item_ids: list[str], objective: str = "ce", dim: 
     for _ in bar:
         total, nb = 0.0, 0
         for b in torch.randperm(len(rows), generator=gen).split(batch_size):
-            seq, tgt = seqs[b].to(device), tgts[b].to(device)
+            width = int((seqs[b] > 0).sum(1).max())  # drop columns that are padding in every row
+            seq, tgt = seqs[b, -width:].to(device), tgts[b, -width:].to(device)
             h = net(seq)
             if objective == "ce":
                 keep = tgt > 0
                 loss = nn.functional.cross_entropy(net.all_scores(h[keep]), tgt[keep])
             else:
-                lab = labs[b].to(device)
+                lab = labs[b, -width:].to(device)
                 keep = lab >= 0
                 if not bool(keep.any()):
                     continue
@@ -267,7 +278,8 @@ def score_sasrec(model: SASRec, histories: list[list[str]], items: list[list[str
     out = []
     for s in range(0, len(histories), batch_size):
         hist = histories[s:s + batch_size]
-        seq = _left_pad([model.encode(h) for h in hist], model.net.max_len).to(model.device)
+        enc = [model.encode(h) for h in hist]
+        seq = _left_pad(enc, max(1, max(len(e) for e in enc))).to(model.device)
         h = model.net(seq)[:, -1]  # left padding: the last position summarises the history
         if items is None:
             out.append(model.net.all_scores(h)[:, 1:].float().cpu())
@@ -377,7 +389,7 @@ class BaselineConfig:
     device: str = "cpu"
     dim: int = 64
     layers: int = 2
-    dropout: float = 0.2
+    dropout: float = 0.5
     mf_epochs: int = 100
     exclude_history: bool = False
     progress: bool = True
@@ -403,12 +415,12 @@ def run_baselines(ds: Dataset, cfg: BaselineConfig) -> list[dict]:
         sas = train_sasrec(split, item_ids, "ce", cfg.dim, cfg.layers, 2, 50, cfg.dropout, cfg.epochs,
                            seed=cfg.seed, device=cfg.device, progress=cfg.progress)
     pop = popularity_scores(split, item_ids)
-    excl = hist if cfg.exclude_history else None
     full = "full ranking" + (" (history excluded)" if cfg.exclude_history else "")
     if "sequential" in cfg.tasks:
-        pop_scores = torch.from_numpy(np.tile(pop, (len(users), 1)))
-        for name, scores in (("popularity", pop_scores), ("sasrec", torch.from_numpy(score_sasrec(sas, hist)))):
-            ranked = _full_rank(scores, item_ids, max(SEQ_KS), excl)
+        pop_t = torch.from_numpy(pop)
+        scorers = (("popularity", lambda h: pop_t.expand(len(h), -1)), ("sasrec", lambda h: score_sasrec(sas, h)))
+        for name, fn in scorers:
+            ranked = _full_rank(fn, hist, item_ids, max(SEQ_KS), cfg.exclude_history)
             rows.append(_row(name, "sequential", full, M.ranking_metrics(ranked, targets, SEQ_KS)))
     if "direct" in cfg.tasks:
         # a catalogue too small for 99 negatives per user gets fewer, and the label says how many
@@ -471,10 +483,12 @@ def main(argv=None) -> int:
     ap.add_argument("--mf-epochs", type=int, default=100, help="matrix factorisation epochs")
     ap.add_argument("--dim", type=int, default=64, help="SASRec hidden size")
     ap.add_argument("--layers", type=int, default=2, help="SASRec transformer blocks")
-    ap.add_argument("--dropout", type=float, default=0.2, help="SASRec dropout")
+    ap.add_argument("--dropout", type=float, default=0.5, help="SASRec dropout (0.5 suits sparse Amazon data)")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where SASRec trains")
     ap.add_argument("--exclude-history", action="store_true",
                     help="sequential: drop the user's history items from the full ranking (off by default)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="CPU threads for torch (0: torch's default; 1 is far faster on a busy shared CPU)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
     try:
@@ -486,6 +500,10 @@ def main(argv=None) -> int:
             raise ConfigError("--device cuda: no CUDA device available")
         cfg = BaselineConfig(args.split, tasks, args.seed, args.epochs, args.device, args.dim, args.layers,
                              args.dropout, args.mf_epochs, args.exclude_history, not args.no_progress)
+        if args.threads < 0:
+            raise ConfigError(f"--threads: expected >= 0, got {args.threads}")
+        if args.threads:
+            torch.set_num_threads(args.threads)
         ds = load_dataset(args.data)
         rows = run_baselines(ds, cfg)
         print(M.format_table(rows), end="")

@@ -8,11 +8,23 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from p5x import baselines as B
 from p5x.metrics import rmse
 from p5x.schema import Interaction, Item, write_dataset
 from p5x.split import time_split
+
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on a shared 2-core CPU run many times faster on one thread than on two."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 FAST = dict(epochs=1, dim=16, layers=1, mf_epochs=1, progress=False)
 
