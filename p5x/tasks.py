@@ -375,7 +375,7 @@ RECORD_KINDS = frozenset({"rating", "rating_check", "like", "explain", "explain_
 # per-family preprocessing for each part
 
 
-def _train_user_samples(ctx, family, pool, rng) -> list[Sample]:
+def _train_user_samples(ctx, family, pool, rng, users) -> list[Sample]:
     out = []
     counts = {k: n for k, n in TRAIN_COUNTS.get(family, {}).items() if k in pool}
     if not counts:
@@ -384,7 +384,7 @@ def _train_user_samples(ctx, family, pool, rng) -> list[Sample]:
     per_list = {"candidates": N_CANDIDATES - 1, "next_text": TEXT_CANDIDATES - 1, "yesno": 1}
     budget = sum(n * per_list.get(k, 0) for k, n in counts.items())
     cat = _cat(ctx)
-    for user in sorted(ctx.split.train):
+    for user in users:
         xs = ctx.split.train[user]
         if len(xs) < need:
             continue
@@ -401,12 +401,12 @@ def _train_user_samples(ctx, family, pool, rng) -> list[Sample]:
     return out
 
 
-def _train_record_samples(ctx, family, pool, rng) -> list[Sample]:
+def _train_record_samples(ctx, family, pool, rng, users) -> list[Sample]:
     templates = [t for kind, ts in pool.items() if kind in RECORD_KINDS for t in ts]
     out = []
     if not templates:
         return out
-    for user in sorted(ctx.split.train):
+    for user in users:
         for x in ctx.split.train[user]:
             # draw a template; if this record cannot fill its kind, try the others in random order
             for ti in rng.permutation(len(templates)):
@@ -420,9 +420,10 @@ def _train_record_samples(ctx, family, pool, rng) -> list[Sample]:
     return out
 
 
-def _eval_samples(ctx, family, pool, part) -> list[Sample]:
+def _eval_samples(ctx, family, pool, part, users) -> list[Sample]:
     out = []
-    for user in sorted(ctx.split.eval_users(part)):
+    evaluated = set(ctx.split.eval_users(part))
+    for user in [u for u in users if u in evaluated]:
         tgt = ctx.split.target(user, part)
         hist = ctx.split.history(user, part)
         for kind in pool:
@@ -504,11 +505,14 @@ def resolve_families(ctx: TaskContext, families) -> list[str]:
     return out
 
 
-def render(ctx: TaskContext, families, part: str, epoch: int = 0, templates="seen"):
+def render(ctx: TaskContext, families, part: str, epoch: int = 0, templates="seen",
+           users=None):
     """Rendered prompt rows for `families` ("all", a name, or a list) on one part of the split.
 
     templates: "seen" | "unseen" | "all" | a list of template ids. Returns a datasets.Dataset with
     columns inputs, targets, task, template_id, kind, user_id, item_id, candidates, label.
+    users: render only these user ids (default: all); evaluation rows of a user do not depend on
+    which other users are rendered.
     """
     import datasets
 
@@ -522,6 +526,13 @@ def render(ctx: TaskContext, families, part: str, epoch: int = 0, templates="see
                 raise ConfigError(f"unknown template id {tid!r}" + close_matches(tid, known))
     elif templates not in ("seen", "unseen", "all"):
         raise ConfigError(f"templates must be seen, unseen, all or a list of ids, got {templates!r}")
+    if users is None:
+        users = sorted(ctx.split.train)
+    else:
+        unknown = [u for u in users if u not in ctx.split.train]
+        if unknown:
+            raise ConfigError(f"unknown user {unknown[0]!r} in dataset {ctx.ds.name!r}")
+        users = sorted(set(users))
     rows: dict[str, list] = {c: [] for c in COLUMNS}
     for fi, family in enumerate(resolve_families(ctx, families)):
         pool = _select(ctx.templates[family], templates, part)
@@ -529,11 +540,11 @@ def render(ctx: TaskContext, families, part: str, epoch: int = 0, templates="see
             continue
         if part == "train":
             rng = np.random.default_rng([ctx.seed, epoch, (FAMILIES + EXTRA_FAMILIES).index(family)])
-            samples = _train_user_samples(ctx, family, pool, rng) + \
-                _train_record_samples(ctx, family, pool, rng)
+            samples = _train_user_samples(ctx, family, pool, rng, users) + \
+                _train_record_samples(ctx, family, pool, rng, users)
         else:
             rng = None
-            samples = _eval_samples(ctx, family, pool, part)
+            samples = _eval_samples(ctx, family, pool, part, users)
         _emit(rows, family, samples, pool, part, rng)
     features = datasets.Features({
         **{c: datasets.Value("string") for c in COLUMNS if c not in ("candidates", "label")},
@@ -557,7 +568,11 @@ def _show(args) -> None:
     ds = load_dataset(args.data)
     ctx = make_context(ds, args.index, args.seed)
     templates = args.templates if args.templates in ("seen", "unseen", "all") else args.templates.split(",")
-    rows = render(ctx, args.task, args.part, epoch=args.epoch, templates=templates)
+    users = sorted(ctx.split.train)
+    if args.users:  # a seeded subset keeps `show` quick on large datasets
+        pick = np.random.default_rng(args.seed).permutation(len(users))[:args.users]
+        users = [users[i] for i in sorted(pick)]
+    rows = render(ctx, args.task, args.part, epoch=args.epoch, templates=templates, users=users)
     print(f"# {len(rows)} rows ({args.task}, {args.part}, {args.index} indexing)")
     order = np.random.default_rng(args.seed).permutation(len(rows))[:args.n] if args.shuffle \
         else range(min(args.n, len(rows)))
@@ -581,6 +596,8 @@ def main(argv=None) -> int:
     s.add_argument("--epoch", type=int, default=0, help="training epoch (re-draws the mixture)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--shuffle", action="store_true", help="print a random selection of rows")
+    s.add_argument("--users", type=int, default=200,
+                   help="render for this many randomly chosen users (0: all; default: 200)")
     args = p.parse_args(argv)
     try:
         _show(args)

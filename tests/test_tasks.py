@@ -177,3 +177,24 @@ def test_preference_rows(ctx):
         assert r["targets"] == ("Yes" if x.rating > 3 else "No") and r["label"] == float(x.rating > 3)
         assert ctx.ds.items[x.item_id].title in r["inputs"]
     assert "preference" in set(render(ctx, "all", "train")["task"])
+
+
+def test_user_subsets_keep_eval_rows(ctx):
+    some = sorted(ctx.split.test)[:5]
+    full = render(ctx, ["direct", "sequential"], "valid")
+    part = render(ctx, ["direct", "sequential"], "valid", users=some)
+    assert set(part["user_id"]) == set(some)
+    mine = [(r["template_id"], r["inputs"]) for r in full if r["user_id"] in set(some)]
+    assert sorted(mine) == sorted(zip(part["template_id"], part["inputs"]))
+    with pytest.raises(ConfigError, match="unknown user"):
+        render(ctx, "direct", "valid", users=["nobody"])
+
+
+def test_toy_signal_is_planted(toy_ds):
+    # the toy's next item is the successor of the last one on its cycle (same brand, next "no.")
+    split = make_context(toy_ds).split
+    for u, x in split.test.items():
+        last = toy_ds.items[split.valid[u].item_id].title.split()
+        nxt = toy_ds.items[x.item_id].title.split()
+        assert nxt[0] == last[0] and int(nxt[-1]) % 15 == (int(last[-1]) + 1) % 15
+        assert x.rating == split.valid[u].rating
