@@ -21,7 +21,8 @@ one row per evaluated user per template (yes/no kinds: a positive and a negative
 Extra families, rendered when asked by name: `zeroshot` (items described by title, brand, categories
 and price instead of ids; its next-item kind lists TEXT_CANDIDATES candidates by title) and
 `preference` (TALLRec: the titles of the user's recent liked and disliked items, time order, like =
-rating > 3, a target title, answer "Yes"/"No"; PREFERENCE_HISTORY items, 5 random cuts of each
+rating > 3, a target title, answer "yes"/"no" in lowercase like every p5x yes/no kind, since
+scoring reads the logits of those two answer tokens; PREFERENCE_HISTORY items, 5 random cuts of each
 training sequence per epoch). `all` = the applicable FAMILIES plus preference when the dataset has
 ratings and titles.
 
@@ -362,7 +363,7 @@ def _preference_sample(ctx, user, history, target) -> list[Sample]:
     disliked = " ; ".join(title(x) for x in recent if x.rating <= 3) or "none"
     like = target.rating > 3
     f = {"user": ctx.user_index.text(user), "liked": liked, "disliked": disliked,
-         "title": title(target), "answer": "Yes" if like else "No"}
+         "title": title(target), "answer": "yes" if like else "no"}
     return [Sample("preference", f, user, target.item_id, label=float(like))]
 
 

@@ -174,7 +174,7 @@ def test_preference_rows(ctx):
     assert len(rows) == len(ctx.split.test) * len(ctx.templates["preference"].templates)
     for r in rows:
         x = ctx.split.test[r["user_id"]]
-        assert r["targets"] == ("Yes" if x.rating > 3 else "No") and r["label"] == float(x.rating > 3)
+        assert r["targets"] == ("yes" if x.rating > 3 else "no") and r["label"] == float(x.rating > 3)
         assert ctx.ds.items[x.item_id].title in r["inputs"]
     assert "preference" in set(render(ctx, "all", "train")["task"])
 
