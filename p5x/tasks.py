@@ -18,7 +18,12 @@ sequential 5 next-item + 5 candidate + 10 yes/no prompts (half positive, half ne
 Each sample's template is drawn among the selected templates of its kind. Evaluation parts give
 one row per evaluated user per template (yes/no kinds: a positive and a negative row).
 
-Extra families, rendered when asked by name: `zeroshot` (items described by title, brand, categories
+Rows carry one column beyond the CONTRIBUTING.md contract: `kind` (the template's kind: next,
+candidates, yesno, rating, rating_check, like, explain*, summary, review_rating, next_text,
+preference), which tells evaluation how to score a row. A user's training negatives for one epoch
+are drawn in one block, so the candidate lists of one user-epoch do not share negatives.
+
+Extra families: `zeroshot` (items described by title, brand, categories
 and price instead of ids; its next-item kind lists TEXT_CANDIDATES candidates by title) and
 `preference` (TALLRec: the titles of the user's recent liked and disliked items, time order, like =
 rating > 3, a target title, answer "yes"/"no" in lowercase like every p5x yes/no kind, since
