@@ -158,7 +158,9 @@ class TrieLogitsProcessor(LogitsProcessor):
     The generated part of a row is `input_ids[:, start:]` with start = prompt_len (+1 when the
     first generated position holds the decoder start token). For encoder-decoder models use
     prompt_len=0, decoder_start=True; for decoder-only models prompt_len = the (left-padded) prompt
-    length, decoder_start=False. decoder_start=None means "True iff prompt_len == 0".
+    length, decoder_start=False; for decoder-only models generating from `inputs_embeds` (how
+    whole-word embeddings reach a LLaMA), HF passes only the generated tokens: prompt_len=0,
+    decoder_start=False. decoder_start=None means "True iff prompt_len == 0".
 
     Speed: beam search reorders rows between steps, so the previous step's states are re-used by
     matching each row's prefix (all but its last token) to a row of the previous step, then taking
@@ -203,7 +205,8 @@ class TrieLogitsProcessor(LogitsProcessor):
                 states[bad] = self.trie.walk(gen[bad])
         else:
             states = self.trie.walk(gen)
-        self._prev_gen, self._prev_states = gen, states
+        # a copy: generate may reuse the buffer input_ids views
+        self._prev_gen, self._prev_states = gen.clone(), states
         return states
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:

@@ -185,3 +185,21 @@ def test_parse_items():
     assert parse_items(["<i0_1><i1_2>", " <i0_1> <i1_2> ", "<i0_9>", "", "<i0_3>"], table) == \
         ["A", "A", None, None, "B"]
     assert parse_items(["<i0_3>"], table.get) == ["B"]
+
+
+def test_llama_generating_from_inputs_embeds():
+    # whole-word embeddings reach a decoder-only model as inputs_embeds: HF then hands the
+    # processor only the generated tokens, so prompt_len=0 and no decoder start token
+    trie = ItemTrie(make_items(), eos_id=EOS, vocab_size=VOCAB, pad_id=PAD)
+    model = tiny_llama(BAD)
+    torch.manual_seed(2)
+    prompts = torch.randint(3, VOCAB, (2, 6))
+    embeds = model.get_input_embeddings()(prompts).detach()
+    proc = TrieLogitsProcessor(trie, prompt_len=0, decoder_start=False)
+    with torch.no_grad():
+        out = model.generate(inputs_embeds=embeds, attention_mask=torch.ones_like(prompts), num_beams=5,
+                             num_return_sequences=5, max_new_tokens=trie.max_len, do_sample=False,
+                             pad_token_id=PAD, eos_token_id=EOS, logits_processor=[proc])
+    assert out.shape[0] == 10
+    for s in out:
+        assert trie.contains(_strip(s)), s.tolist()
