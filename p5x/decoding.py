@@ -132,11 +132,11 @@ class ItemTrie:
         counts = torch.where(live, stop - start, torch.zeros_like(start))
         total = int(counts.sum())
         arange_n = torch.arange(n, device=self.device)
-        rows = torch.repeat_interleave(arange_n, counts)
+        rows = torch.repeat_interleave(arange_n, counts, output_size=total)  # output_size: no extra GPU sync
         # edge index = row's first edge + offset within the row's run
         run_start = torch.cumsum(counts, 0) - counts
-        offs = torch.arange(total, device=self.device) - torch.repeat_interleave(run_start, counts)
-        toks = self.edge_token[torch.repeat_interleave(start, counts) + offs]
+        offs = torch.arange(total, device=self.device) - torch.repeat_interleave(run_start, counts, output_size=total)
+        toks = self.edge_token[torch.repeat_interleave(start, counts, output_size=total) + offs]
         # finished rows may only pad; rows that left the trie may only end
         leaf = live & self.is_leaf[s]
         extra_rows = torch.cat([arange_n[leaf], arange_n[~live]])
