@@ -22,6 +22,7 @@ import torch
 from .errors import ConfigError, P5XError
 
 FAMILIES = ("rating", "sequential", "direct", "explanation", "review")
+EXTRA_FAMILIES = ("zeroshot", "preference")  # trainable by name (p5x.tasks), not part of "all"
 
 
 def default_data() -> Path:
@@ -37,7 +38,7 @@ class TrainConfig:
     """Options of one training run (each field is one train.py flag)."""
 
     data: str = field(default_factory=lambda: str(default_data()), metadata={"help": "normalized dataset directory"})
-    tasks: str = field(default="all", metadata={"help": "'all' or a comma list of " + ", ".join(FAMILIES)})
+    tasks: str = field(default="all", metadata={"help": "'all' or a comma list of " + ", ".join(FAMILIES + EXTRA_FAMILIES)})
     model: str = field(default="t5-tiny", metadata={"help": "backbone name (t5-tiny, t5-small, t5-base, llama-tiny, smollm2-135m) or a local HF checkpoint dir"})
     output: str = field(default="runs/default", metadata={"help": "output / checkpoint directory"})
     epochs: int = field(default=1, metadata={"help": "epochs (each renders fresh training prompts)"})
@@ -71,9 +72,10 @@ class TrainConfig:
             return list(FAMILIES)
         names = [t.strip() for t in self.tasks.split(",") if t.strip()]
         from .errors import close_matches
+        known = FAMILIES + EXTRA_FAMILIES
         for n in names:
-            if n not in FAMILIES:
-                raise ConfigError(f"--tasks: unknown family {n!r}{close_matches(n, FAMILIES)}")
+            if n not in known:
+                raise ConfigError(f"--tasks: unknown family {n!r}{close_matches(n, known)}")
         if not names:
             raise ConfigError("--tasks: no family given")
         return names
