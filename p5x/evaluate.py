@@ -12,7 +12,10 @@ Protocol (docs/DESIGN.md): the split is the one the model trained on (same data 
   candidates ranked by P(yes), labelled "sampled";
 - rating kinds: RMSE/MAE over every record; an output that does not parse as a number is counted
   and scored as the training mean, never dropped;
-- explanation: BLEU-4, ROUGE-1/2/L; review summaries: ROUGE, BLEU-2; review ratings: RMSE/MAE.
+- explanation: BLEU-4, ROUGE-1/2/L; review summaries: ROUGE, BLEU-2; review ratings: RMSE/MAE;
+- next_text (zeroshot): each row's 20 candidates ranked by log P(title | prompt), labelled
+  "sampled"; `title_ties` is the share of rows whose target shares its title with another candidate
+  (tied scores keep the shuffled candidate order).
 
 Rows are pooled over the templates of each (family, kind, seen/unseen) group; metrics.json also
 keeps each template's own numbers. Baseline rows (p5x.baselines) join the same table.
@@ -32,9 +35,9 @@ import torch
 
 from . import metrics as M
 from .errors import ConfigError, P5XError
-from .inference import build_item_trie, generate_text, rank_items, yes_probability
+from .inference import build_item_trie, generate_text, rank_items, target_logprob, yes_probability
 from .schema import load_dataset
-from .tasks import HISTORY_LEN, make_context, render, resolve_families
+from .tasks import HISTORY_LEN, TEXT_CANDIDATES, make_context, render, resolve_families
 from .templates import Template
 
 SEQ_KS = (5, 10, 20)
@@ -82,15 +85,20 @@ def _rank_by_beams(beams: list[str], candidates: list[str]) -> list[str]:
 
 
 class Evaluator:
-    """Holds a checkpoint, the task context and the item trie; one method per template kind."""
+    """Holds a checkpoint, the task context and the item trie; one method per template kind.
 
-    def __init__(self, ckpt, ds, cfg: EvalConfig):
+    ctx / train_mean override the defaults (the checkpoint's own dataset and indexes, its training
+    mean rating): p5x.transfer renders another dataset with that dataset's own indexes.
+    """
+
+    def __init__(self, ckpt, ds, cfg: EvalConfig, ctx=None, train_mean: float | None = None):
         self.ckpt, self.ds, self.cfg = ckpt, ds, cfg
-        self.ctx = make_context(ds, ckpt.config.get("indexing", "random"), ckpt.config.get("seed", 0),
-                                index=ckpt.index, user_index=ckpt.user_index)
+        self.ctx = ctx or make_context(ds, ckpt.config.get("indexing", "random"), ckpt.config.get("seed", 0),
+                                       index=ckpt.index, user_index=ckpt.user_index)
         self.trie = build_item_trie(ckpt)
         ratings = [x.rating for xs in self.ctx.split.train.values() for x in xs if x.rating is not None]
-        self.train_mean = float(np.mean(ratings)) if ratings else 3.0
+        self.train_mean = train_mean if train_mean is not None else \
+            (float(np.mean(ratings)) if ratings else 3.0)
 
     # -- kinds ---------------------------------------------------------------------------------
     def next_items(self, rows) -> dict:
@@ -134,6 +142,25 @@ class Evaluator:
             at += len(cands)
             ranked.append([cands[j] for j in np.argsort(-sc, kind="stable")])
         return M.ranking_metrics(ranked, cand_rows["item_id"], SAMPLED_KS, SAMPLED_NDCG_KS)
+
+    def next_text(self, rows) -> dict:
+        """Rank each row's candidates (raw ids) by the log-probability of their titles as the answer."""
+        title = lambda i: self.ctx.ds.items[i].title or i  # noqa: E731  (as p5x.tasks renders them)
+        prompts, texts = [], []
+        for inp, cands in zip(rows["inputs"], rows["candidates"]):
+            prompts += [inp] * len(cands)
+            texts += [title(c) for c in cands]
+        score = target_logprob(self.ckpt, prompts, texts, self.cfg.batch_size * 4, desc="title scores",
+                               progress=self.cfg.progress)
+        ranked, at, ties = [], 0, 0
+        for cands, tgt in zip(rows["candidates"], rows["item_id"]):
+            sc = score[at:at + len(cands)]
+            at += len(cands)
+            ranked.append([cands[j] for j in np.argsort(-sc, kind="stable")])
+            ties += sum(title(c) == title(tgt) for c in cands) > 1
+        out = M.ranking_metrics(ranked, rows["item_id"], SAMPLED_KS, SAMPLED_NDCG_KS)
+        out["title_ties"] = ties / max(1, len(ranked))
+        return out
 
     def ratings(self, rows) -> dict:
         preds = generate_text(self.ckpt, rows["inputs"], 8, self.cfg.batch_size, desc="rating",
@@ -193,6 +220,8 @@ class Evaluator:
             return [("all records", self.texts(rows, M.bleu4))]
         if kind == "summary":
             return [("all records", self.texts(rows, M.bleu2))]
+        if kind == "next_text":
+            return [(f"sampled 1-of-{TEXT_CANDIDATES}, title log-prob", self.next_text(rows))]
         return []
 
 

@@ -8,6 +8,8 @@ work on rendered prompt strings, in batches, on whatever device the model sits o
   sequence is a real catalogue id; beams come back best first and are mapped to raw item ids.
 - `yes_probability`: P("yes") against P("no") from the first answer step's logits, with the answer
   tokens looked up from the tokenizer at run time.
+- `target_logprob`: the summed log-probability of a given target text (eos included) after its
+  prompt, for ranking candidate texts (zero-shot next item by title).
 """
 
 from __future__ import annotations
@@ -109,4 +111,50 @@ def yes_probability(ckpt, prompts: Sequence[str], batch_size: int = 64, desc: st
             logits = ckpt.model(**batch, decoder_input_ids=dec).logits[:, 0]
         pair = torch.stack([logits[:, yes_id], logits[:, no_id]], -1).float().softmax(-1)
         out.append(pair[:, 0].cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def _token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-row sum of log p(label) over positions whose label is not -100."""
+    logp = logits.float().log_softmax(-1)
+    mask = labels != -100
+    picked = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (picked * mask).sum(-1)
+
+
+@torch.no_grad()
+def target_logprob(ckpt, prompts: Sequence[str], targets: Sequence[str], batch_size: int = 64,
+                   desc: str | None = None, progress: bool = True) -> np.ndarray:
+    """log P(target | prompt) per pair: the sum over the target's tokens and its eos, as encoded by
+    the featurizer's target encoder (so truncation at max_target_len applies as in training).
+
+    T5: each distinct prompt in a batch is encoded once and its encoder states are shared by the
+    targets that follow it (many candidates per prompt is the common case). Decoder-only: prompt +
+    target as one right-padded sequence; position t scores token t + 1.
+    """
+    if len(prompts) != len(targets):
+        raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
+    ckpt.model.eval()
+    dev = _device(ckpt.model)
+    fz = ckpt.featurizer
+    out = []
+    for s, e in _batches(len(prompts), batch_size, desc, progress):
+        if ckpt.model.decoder_only:
+            batch = fz([{"inputs": p, "targets": t} for p, t in zip(prompts[s:e], targets[s:e])])
+            batch = {k: v.to(dev) for k, v in batch.items()}
+            labels = batch.pop("labels")
+            logits = ckpt.model(**batch).logits
+            out.append(_token_logprobs(logits[:, :-1], labels[:, 1:]).cpu().numpy())
+            continue
+        uniq = list(dict.fromkeys(prompts[s:e]))
+        at = {p: k for k, p in enumerate(uniq)}
+        owner = torch.tensor([at[p] for p in prompts[s:e]], device=dev)
+        enc_in = {k: v.to(dev) for k, v in fz.encode_prompts(uniq).items()}
+        embeds = ckpt.model.embed(enc_in["input_ids"], enc_in.get("whole_word_ids"))
+        states = ckpt.model.backbone.get_encoder()(inputs_embeds=embeds,
+                                                   attention_mask=enc_in["attention_mask"])
+        labels = fz._pad(fz.encode_targets(list(targets[s:e])), -100, "right").to(dev)
+        res = ckpt.model.backbone(encoder_outputs=(states.last_hidden_state[owner],),
+                                  attention_mask=enc_in["attention_mask"][owner], labels=labels)
+        out.append(_token_logprobs(res.logits, labels).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0)
