@@ -17,6 +17,7 @@ import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .errors import ConfigError, P5XError
@@ -55,7 +56,7 @@ class TrainConfig:
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha"})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
     lora_targets: str = field(default="", metadata={"help": "comma list of LoRA target modules (default q,v projections)"})
-    max_source_len: int = field(default=256, metadata={"help": "max prompt tokens"})
+    max_source_len: int = field(default=512, metadata={"help": "max prompt tokens (100 candidate ids need ~450)"})
     max_target_len: int = field(default=64, metadata={"help": "max target tokens (eos included)"})
     max_words: int = field(default=512, metadata={"help": "whole-word embedding table size (indices clipped)"})
     vocab_size: int = field(default=8000, metadata={"help": "SentencePiece vocabulary size when the backbone brings no tokenizer"})
@@ -114,7 +115,7 @@ def parse_args(argv=None) -> TrainConfig:
 
 # -- data ---------------------------------------------------------------------------------------
 
-def render_epochs(ctx, families, epochs: int, seed: int):
+def render_epochs(ctx, families, epochs: int, seed: int, batch_size: int = 0):
     """Every epoch's training rows, each shuffled with seed + epoch, concatenated in epoch order."""
     import datasets
 
@@ -123,7 +124,31 @@ def render_epochs(ctx, families, epochs: int, seed: int):
     parts = [tasks.render(ctx, families, "train", epoch=e).shuffle(seed=seed + e) for e in range(epochs)]
     if not len(parts[0]):
         raise ConfigError(f"--tasks: the families {families} render no training rows for this dataset")
+    if batch_size:
+        parts = [p.select(bucket_order([len(s) for s in p["inputs"]], batch_size, seed + e))
+                 for e, p in enumerate(parts)]
     return datasets.concatenate_datasets(parts).flatten_indices()
+
+
+def bucket_order(lengths, batch_size: int, seed: int, window: int = 64) -> np.ndarray:
+    """A row order whose consecutive batches hold prompts of similar length.
+
+    Candidate prompts (100 ids) are ~15x longer than yes/no prompts; batching them together pads
+    everything to the longest. Rows are sorted by length inside windows of `window` batches, cut into
+    batches, and the batches shuffled (seeded), so batch composition stays random across windows and
+    the order is a pure function of (lengths, seed): resume stays exact. Only the very last batch
+    may be short, and it stays last so every other batch is full.
+    """
+    lengths = np.asarray(lengths)
+    n, w = len(lengths), batch_size * window
+    batches = []
+    for s in range(0, n, w):
+        idx = np.arange(s, min(n, s + w))
+        idx = idx[np.argsort(lengths[idx], kind="stable")]
+        batches += [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
+    tail = [batches.pop()] if len(batches[-1]) < batch_size else []
+    perm = np.random.default_rng(seed).permutation(len(batches))
+    return np.concatenate([batches[p] for p in perm] + tail).astype(np.int64)
 
 
 def tokenizer_corpus(rows, ds=None):
@@ -283,7 +308,7 @@ def task_rows(ds, cfg: TrainConfig):
     from .tasks import make_context
 
     ctx = make_context(ds, index_method=cfg.index, seed=cfg.seed)
-    return ctx.index, ctx.user_index, render_epochs(ctx, cfg.families(), cfg.epochs, cfg.seed)
+    return ctx.index, ctx.user_index, render_epochs(ctx, cfg.families(), cfg.epochs, cfg.seed, cfg.batch_size)
 
 
 def last_checkpoint(output: Path) -> Path | None:
