@@ -132,16 +132,19 @@ class ItemTrie:
         counts = torch.where(live, stop - start, torch.zeros_like(start))
         total = int(counts.sum())
         arange_n = torch.arange(n, device=self.device)
-        rows = torch.repeat_interleave(arange_n, counts, output_size=total)  # output_size: no extra GPU sync
+        rows = torch.repeat_interleave(arange_n, counts, output_size=total)  # no 2nd sync
         # edge index = row's first edge + offset within the row's run
         run_start = torch.cumsum(counts, 0) - counts
-        offs = torch.arange(total, device=self.device) - torch.repeat_interleave(run_start, counts, output_size=total)
+        offs = torch.arange(total, device=self.device)
+        offs = offs - torch.repeat_interleave(run_start, counts, output_size=total)
         toks = self.edge_token[torch.repeat_interleave(start, counts, output_size=total) + offs]
-        # finished rows may only pad; rows that left the trie may only end
+        # one more pair per row (no boolean indexing, so no GPU sync): finished rows may only pad,
+        # rows that left the trie may only end, other rows repeat their first child (harmless)
         leaf = live & self.is_leaf[s]
-        extra_rows = torch.cat([arange_n[leaf], arange_n[~live]])
-        extra_toks = torch.cat([torch.full_like(arange_n[leaf], self.after_end),
-                                torch.full_like(arange_n[~live], self.eos_id)])
+        first = self.edge_token[start.clamp(max=self.edge_token.numel() - 1)]
+        extra_toks = torch.where(leaf, torch.full_like(first, self.after_end),
+                                 torch.where(live, first, torch.full_like(first, self.eos_id)))
+        extra_rows = arange_n
         return torch.cat([rows, extra_rows]), torch.cat([toks, extra_toks])
 
     def allowed_mask(self, states: torch.Tensor) -> torch.Tensor:
