@@ -85,12 +85,15 @@ def main(argv=None) -> int:
     ap.add_argument("--d-model", type=int, default=512)
     ap.add_argument("--layers", type=int, default=6)
     ap.add_argument("--repeats", type=int, default=3, help="timed passes per mode (the best is kept)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--json", help="also write the numbers to this file")
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda: no CUDA device", file=sys.stderr)
         return 2
 
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     items = fake_items(args.items, args.item_len, min(args.item_vocab, args.vocab), seed=0)
     t0 = time.perf_counter()
     trie = ItemTrie(items, eos_id=EOS, vocab_size=args.vocab, pad_id=PAD).to(args.device)
