@@ -50,33 +50,6 @@ TASKS = ("sequential", "direct", "rating")
 # candidates and histories
 
 
-def sample_candidates(split: Split, item_ids: list[str], user: str, part: str = "test",
-                      n_neg: int = N_NEGATIVES, seed: int = 0) -> list[str]:
-    """[target] + n_neg negatives the user never interacted with, fixed by (seed, user id).
-
-    The generator is seeded from the user id, not the user's position, so the same user gets the
-    same candidates whatever subset of users is evaluated.
-    """
-    target = split.target(user, part).item_id
-    seen = split.user_items(user)
-    rng = np.random.default_rng([seed, zlib.crc32(user.encode("utf-8"))])
-    pool_size = len(item_ids) - len(seen)  # every interacted item is in the catalogue (schema checks)
-    if pool_size < n_neg:
-        raise ConfigError(f"user {user!r}: only {pool_size} unseen items, cannot sample {n_neg} negatives")
-    negs: list[str] = []
-    chosen: set[str] = set()
-    # rejection sampling: catalogues are far larger than a user's history
-    while len(negs) < n_neg:
-        for j in rng.integers(0, len(item_ids), size=2 * (n_neg - len(negs)) + 8):
-            iid = item_ids[int(j)]
-            if iid not in seen and iid not in chosen:
-                chosen.add(iid)
-                negs.append(iid)
-                if len(negs) == n_neg:
-                    break
-    return [target] + negs
-
-
 def _histories(split: Split, users: list[str], part: str) -> list[list[str]]:
     return [[x.item_id for x in split.history(u, part)] for u in users]
 
@@ -423,11 +396,18 @@ def run_baselines(ds: Dataset, cfg: BaselineConfig) -> list[dict]:
             ranked = _full_rank(fn, hist, item_ids, max(SEQ_KS), cfg.exclude_history)
             rows.append(_row(name, "sequential", full, M.ranking_metrics(ranked, targets, SEQ_KS)))
     if "direct" in cfg.tasks:
+        # exactly the candidate lists the model's pick-from-candidates prompts show (p5x.tasks);
         # a catalogue too small for 99 negatives per user gets fewer, and the label says how many
-        n_neg = min([N_NEGATIVES] + [len(item_ids) - len(split.user_items(u)) for u in users])
-        if n_neg < 1:
+        from .tasks import eval_candidates, make_context
+
+        ctx = make_context(ds, seed=cfg.seed)
+        cands = [eval_candidates(ctx, u, cfg.part) for u in users]
+        n = min(len(c) for c in cands)
+        if n < 2:
             raise ConfigError("direct: some user has interacted with every item; no negatives to sample")
-        cands = [sample_candidates(split, item_ids, u, cfg.part, n_neg, cfg.seed) for u in users]
+        # equal-length lists for the score matrix: keep the target and the first n-1 negatives
+        cands = [c if len(c) == n else [i for i in c if i != t][: n - 1] + [t] for c, t in zip(cands, targets)]
+        n_neg = n - 1
         pos = {iid: j for j, iid in enumerate(item_ids)}
         counts = popularity_counts(split, item_ids)  # raw counts: ties get the seeded shuffle
         pop_c = np.array([[counts[pos[i]] for i in c] for c in cands])

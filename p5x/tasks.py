@@ -124,7 +124,8 @@ class Catalogue:
     """Item arrays and per-user interacted sets, computed once per context."""
 
     def __init__(self, ctx: TaskContext):
-        self.ids = list(ctx.index.codes)
+        # dataset order, not index order: candidate draws must not depend on the indexing method
+        self.ids = [i for i in ctx.ds.items if i in ctx.index]
         self.pos = {iid: k for k, iid in enumerate(self.ids)}
         self.texts = [ctx.index.text(i) for i in self.ids]
         self.seen: dict[str, np.ndarray] = {}
@@ -200,6 +201,15 @@ def _candidate_positions(ctx, user, part, positive: str, rng=None, n=N_CANDIDATE
         negs, order_seed = ctx.cache[key]
         return _with_positive(np.random.default_rng(order_seed), negs[:n - 1], cat.pos[positive])
     return _with_positive(rng, negs.take(n - 1), cat.pos[positive])
+
+
+def eval_candidates(ctx: TaskContext, user: str, part: str) -> list[str]:
+    """The fixed candidate list (raw ids, positive included) of a user's held-out interaction.
+
+    The same list every pick-from-candidates prompt of `part` shows, and the one the baselines rank.
+    """
+    positive = ctx.split.target(user, part).item_id
+    return _cat(ctx).raw(_candidate_positions(ctx, user, part, positive))
 
 
 def _eval_negative(ctx, user, part) -> str | None:

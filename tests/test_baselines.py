@@ -90,20 +90,27 @@ def test_mf_beats_global_mean_on_planted_ratings(toy_ds):
     assert rmse(mf([(x.user_id, x.item_id) for x in evals]), true) < 0.6 * base
 
 
-def test_negatives_exclude_positives_and_follow_seed(toy_ds):
-    split = time_split(toy_ds)
-    items = list(toy_ds.items)
-    users = split.eval_users("test")
-    for u in users:
-        c = B.sample_candidates(split, items, u, "test", n_neg=30, seed=7)
-        assert c[0] == split.test[u].item_id and len(set(c)) == 31
-        assert not set(c[1:]) & split.user_items(u)
-        assert c == B.sample_candidates(split, items, u, "test", n_neg=30, seed=7)
-    differ = [B.sample_candidates(split, items, u, "test", 30, seed=7)
-              != B.sample_candidates(split, items, u, "test", 30, seed=8) for u in users]
-    assert all(differ)
-    with pytest.raises(B.ConfigError):
-        B.sample_candidates(split, items, users[0], "test", n_neg=len(items), seed=0)
+def test_candidates_are_the_models_and_exclude_positives(toy_ds):
+    """Baselines rank exactly the lists the model's candidate prompts show (p5x.tasks)."""
+    from p5x.tasks import eval_candidates, make_context, render
+
+    ctx = make_context(toy_ds, seed=7)
+    split = ctx.split
+    for u in split.eval_users("test"):
+        c = eval_candidates(ctx, u, "test")
+        negs = [i for i in c if i != split.test[u].item_id]
+        assert split.test[u].item_id in c and len(set(c)) == len(c) == len(negs) + 1
+        assert not set(negs) & split.user_items(u)
+        assert c == eval_candidates(make_context(toy_ds, seed=7), u, "test")
+    rows = render(ctx, ["direct"], "test", templates=["direct-5"])
+    for u, cands in zip(rows["user_id"], rows["candidates"]):
+        assert cands == eval_candidates(ctx, u, "test")
+    # the draw does not depend on the indexing method
+    other = make_context(toy_ds, index_method="sequential", seed=7)
+    u = split.eval_users("test")[0]
+    assert eval_candidates(other, u, "test") == eval_candidates(ctx, u, "test")
+    assert any(eval_candidates(make_context(toy_ds, seed=8), v, "test") != eval_candidates(ctx, v, "test")
+               for v in split.eval_users("test"))
 
 
 def test_rank_candidates_breaks_ties_randomly():
