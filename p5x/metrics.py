@@ -182,13 +182,14 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def format_table(rows: list[dict]) -> str:
-    """A markdown table: model | task | protocol | templates | one column per metric name."""
+def family_of(task: str) -> str:
+    """'sequential/next' and 'sequential' -> 'sequential'; 'direct yes/no (...)' -> 'direct'."""
+    return task.split("/")[0].split(" ")[0]
+
+
+def _one_table(rows: list[dict]) -> list[str]:
     names: list[str] = []
     for r in rows:
-        missing = [k for k in ROW_KEYS if k not in r]
-        if missing:
-            raise ValueError(f"result row lacks {missing}: {r}")
         for name in r["metrics"]:
             if name not in names:
                 names.append(name)
@@ -198,7 +199,28 @@ def format_table(rows: list[dict]) -> str:
         cells = [str(r["model"]), str(r["task"]), str(r["protocol"]), str(r["templates"])]
         cells += [_fmt(r["metrics"].get(n)) for n in names]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def format_table(rows: list[dict]) -> str:
+    """Markdown: one table per task family (model | task | protocol | templates | its metrics).
+
+    Splitting by family keeps each table to the metrics that family reports, and puts the
+    baselines' rows under the model's rows of the same family.
+    """
+    for r in rows:
+        missing = [k for k in ROW_KEYS if k not in r]
+        if missing:
+            raise ValueError(f"result row lacks {missing}: {r}")
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(family_of(str(r["task"])), []).append(r)
+    out: list[str] = []
+    for fam, rs in groups.items():
+        if len(groups) > 1:
+            out += [f"**{fam}**", ""]
+        out += _one_table(rs) + [""]
+    return "\n".join(out[:-1]) + "\n" if out else ""
 
 
 def git_commit() -> str | None:

@@ -82,10 +82,15 @@ def _rows():
 
 
 def test_format_table():
+    # one table per family, each with its own metric columns
     t = M.format_table(_rows()).splitlines()
-    assert t[0] == "| model | task | protocol | templates | HR@5 | NDCG@5 | RMSE |"
-    assert t[2] == "| popularity | sequential | full ranking | - | 0.0123 | 0.0050 | - |"
-    assert t[3].endswith("| - | - | 1.1000 |")
+    assert t[0] == "**sequential**" and t[4] == "| popularity | sequential | full ranking | - | 0.0123 | 0.0050 |"
+    assert t[2] == "| model | task | protocol | templates | HR@5 | NDCG@5 |"
+    assert t[6] == "**rating**" and t[8] == "| model | task | protocol | templates | RMSE |"
+    assert t[10] == "| mf | rating | - | - | 1.1000 |"
+    single = M.format_table(_rows()[:1]).splitlines()
+    assert single[0].startswith("| model |") and len(single) == 3
+    assert M.family_of("direct yes/no (liked = rating > 3)") == "direct" == M.family_of("direct/yesno")
     with pytest.raises(ValueError):
         M.format_table([{"model": "x"}])
 
