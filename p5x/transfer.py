@@ -105,12 +105,16 @@ def _check_checkpoint(ckpt, path: Path) -> None:
 
 
 def tokenizer_coverage(tokenizer, texts: list[str], top: int = 10) -> dict:
-    """Share of tokens that are the unknown token, and the most frequent words holding one."""
+    """Share of tokens that are the unknown token, the most frequent words holding one, and tokens
+    per whitespace word (a vocabulary fitted to A splits B's words into more, rarer pieces; with
+    full character coverage that, more than <unk>, is how a domain gap shows)."""
     unk = tokenizer.unk_token_id
-    if unk is None or not texts:  # byte-level vocabularies have no unknown token
-        return {"unk_token": None, "unk_rate": 0.0, "tokens": 0, "unknown_words": []}
-    enc = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    enc = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
     total = sum(len(ids) for ids in enc)
+    per_word = total / max(1, sum(len(t.split()) for t in texts))
+    if unk is None or not texts:  # byte-level vocabularies have no unknown token
+        return {"unk_token": None, "unk_rate": 0.0, "tokens": total, "tokens_per_word": per_word,
+                "unknown_words": []}
     n_unk = sum(ids.count(unk) for ids in enc)
     words: Counter = Counter()
     if n_unk:
@@ -120,7 +124,7 @@ def tokenizer_coverage(tokenizer, texts: list[str], top: int = 10) -> dict:
                     if unk in tokenizer(w, add_special_tokens=False)["input_ids"]:
                         words[w] += 1
     return {"unk_token": tokenizer.convert_ids_to_tokens(unk), "unk_rate": n_unk / max(1, total),
-            "tokens": total, "unknown_words": [w for w, _ in words.most_common(top)]}
+            "tokens": total, "tokens_per_word": per_word, "unknown_words": [w for w, _ in words.most_common(top)]}
 
 
 def _eval_config(cfg: TransferConfig, ckpt_dir: Path) -> EvalConfig:
@@ -252,8 +256,11 @@ def transfer(cfg: TransferConfig) -> tuple[list[dict], dict]:
     names = [label(p) for p in cfg.sources + cfg.targets]
     if len(set(names)) != len(set(Path(p).resolve() for p in cfg.sources + cfg.targets)):
         raise ConfigError(f"datasets must have distinct directory names (the table labels them by it): {names}")
+    hashes = {}
     for p in dict.fromkeys(cfg.sources + cfg.targets):  # fail before any training
-        _check_titles(load_dataset(p), p)
+        ds = load_dataset(p)
+        _check_titles(ds, p)
+        hashes[label(p)] = ds.data_hash
     rows: list[dict] = []
     per_source, skip = {}, set()
     for src in cfg.sources:
@@ -263,7 +270,7 @@ def transfer(cfg: TransferConfig) -> tuple[list[dict], dict]:
         per_source[label(src)] = m
     meta = {"split": cfg.split, "indexing": "source: checkpoint's; targets: random (rendering only)",
             "seed": cfg.seed, "templates": sorted({t for r in rows for t in r.get("template_ids", [])}),
-            "data_hash": {k: v["data_hash"] for k, v in per_source.items()},
+            "data_hash": hashes,
             "sources": [str(p) for p in cfg.sources], "targets": [str(p) for p in cfg.targets],
             "per_source": per_source, "max_users": cfg.max_users, "device": M.device_name(_device(cfg)),
             "rating_fallback": "the source's training mean rating",

@@ -132,6 +132,8 @@ def test_transfer_cli_end_to_end(domains, tmp_path, capsys):
     assert any(n.startswith(f"mean rating of {a} train") and n.endswith(f"@ {b}") for n in names)
     cov = meta["per_source"][a]["tokenizer"]
     assert cov[f"{a}→{b}"]["unk_rate"] >= cov[f"{a}→{a}"]["unk_rate"] and cov[f"{a}→{b}"]["tokens"] > 0
+    assert cov[f"{a}→{b}"]["tokens_per_word"] > cov[f"{a}→{a}"]["tokens_per_word"]
+    assert set(meta["data_hash"]) == {a, b}
     table = (out / "metrics.md").read_text()
     assert f"{a}→{b}" in table and f"{a}→{a}" in table
     assert f"{a}→{b}" in capsys.readouterr().out
