@@ -64,6 +64,10 @@ class TrainConfig:
     save_steps: int = field(default=500, metadata={"help": "write a resumable checkpoint every N steps"})
     logging_steps: int = field(default=10, metadata={"help": "log losses every N steps"})
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in --output"})
+    pretokenize: bool = field(default=False, metadata={"help": "tokenize every row once and cache it in OUTPUT/pretokenized (reused by --resume); the collator then only pads"})
+    prepare_only: bool = field(default=False, metadata={"help": "render, train the tokenizer and write the --pretokenize cache, then stop"})
+    workers: int = field(default=1, metadata={"help": "processes for rendering epochs and pre-tokenizing"})
+    time_limit: float = field(default=0.0, metadata={"help": "stop after this many seconds of training with a resumable checkpoint (0: no limit); --resume goes on"})
     deepspeed: str = field(default="", metadata={"help": "DeepSpeed JSON config (launch with the deepspeed launcher)"})
     use_cpu: bool = field(default=False, metadata={"help": "train on CPU even when CUDA is present"})
     local_rank: int = field(default=-1, metadata={"help": "set by the distributed launcher"})
@@ -87,7 +91,10 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"--{name.replace('_', '-')}: expected one of {', '.join(allowed)}, "
                                   f"got {getattr(self, name)!r}")
-        for name in ("epochs", "batch_size", "grad_accum", "max_source_len", "max_target_len", "max_words"):
+        if self.prepare_only:
+            self.pretokenize = True
+        for name in ("epochs", "batch_size", "grad_accum", "max_source_len", "max_target_len", "max_words",
+                     "workers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')}: must be at least 1")
         if self.lr <= 0:
@@ -115,13 +122,33 @@ def parse_args(argv=None) -> TrainConfig:
 
 # -- data ---------------------------------------------------------------------------------------
 
-def render_epochs(ctx, families, epochs: int, seed: int, batch_size: int = 0):
-    """Every epoch's training rows, each shuffled with seed + epoch, concatenated in epoch order."""
-    import datasets
+_RENDER_JOB: tuple = ()  # (ctx, families, seed) inherited by forked render workers
 
+
+def _render_one(e: int):
     from . import tasks
 
-    parts = [tasks.render(ctx, families, "train", epoch=e).shuffle(seed=seed + e) for e in range(epochs)]
+    ctx, families, seed = _RENDER_JOB
+    return tasks.render(ctx, families, "train", epoch=e).shuffle(seed=seed + e).flatten_indices()
+
+
+def render_epochs(ctx, families, epochs: int, seed: int, batch_size: int = 0, workers: int = 1):
+    """Every epoch's training rows, each shuffled with seed + epoch, concatenated in epoch order.
+
+    Epochs are independent (each draws from its own seeded generator), so `workers` > 1 renders
+    them in forked processes; the rows are identical either way.
+    """
+    import datasets
+
+    global _RENDER_JOB
+    _RENDER_JOB = (ctx, families, seed)
+    if workers > 1 and epochs > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("fork").Pool(min(workers, epochs)) as pool:
+            parts = pool.map(_render_one, range(epochs))
+    else:
+        parts = [_render_one(e) for e in range(epochs)]
     if not len(parts[0]):
         raise ConfigError(f"--tasks: the families {families} render no training rows for this dataset")
     if batch_size:
@@ -215,6 +242,8 @@ def _make_trainer_class():
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             task_ids = inputs.pop("task_ids", None)
+            if model.training:
+                self._count_tokens(model, inputs)
             outputs = model(**inputs)
             if task_ids is not None and model.training:
                 self._family_losses(outputs.logits.detach(), inputs["labels"], task_ids, model)
@@ -235,10 +264,20 @@ def _make_trainer_class():
                     s, c = acc.get(fam, (0.0, 0))
                     acc[fam] = (s + float(per_row[m].sum()), c + int(m.sum()))
 
+        def _count_tokens(self, model, inputs):
+            """Accumulate samples and (real, padded) tokens on the device: no host sync per step."""
+            tp = self.__dict__.get("_tp")
+            if tp is None:
+                tp = self._tp = ThroughputMeter(getattr(self.data_collator, "seconds", None))
+            decoder_only = getattr(self.accelerator.unwrap_model(model), "decoder_only", False)
+            tp.add(inputs, decoder_only)
+
         def log(self, logs, *args, **kwargs):
             acc = self.__dict__.pop("_fam_acc", {})
             if "loss" in logs:
                 logs.update({f"loss/{fam}": round(s / c, 4) for fam, (s, c) in acc.items()})
+                if self.__dict__.get("_tp") is not None:
+                    logs.update(self._tp.interval(self.data_collator))
             else:
                 self._fam_acc = acc
             super().log(logs, *args, **kwargs)
@@ -249,6 +288,147 @@ def _make_trainer_class():
                               state_dict)
 
     return P5XTrainer
+
+
+# -- pre-tokenization and throughput --------------------------------------------------------------
+
+def encode_rows(featurizer, batch: dict) -> dict:
+    """Unpadded sequences of a batch of rows (for datasets.map(batched=True)), as the Featurizer builds them."""
+    ids, words = featurizer._prompts(batch["inputs"])
+    targets = featurizer.encode_targets(batch["targets"])
+    if featurizer.decoder_only:
+        labels = [[-100] * len(p) + t for p, t in zip(ids, targets)]
+        words = [w + [0] * len(t) for w, t in zip(words, targets)]
+        ids = [p + t for p, t in zip(ids, targets)]
+    else:
+        labels = targets
+    return {"input_ids": ids, "whole_word_ids": words, "labels": labels}
+
+
+def pretokenize(rows, featurizer, workers: int = 1):
+    """Rows -> {input_ids, whole_word_ids, labels, task}: tokenized once, in row order."""
+    keep = {"input_ids", "whole_word_ids", "labels", "task"}
+    return rows.map(lambda b: encode_rows(featurizer, b), batched=True, batch_size=2000,
+                    num_proc=workers if workers > 1 else None, desc="pre-tokenizing",
+                    remove_columns=[c for c in rows.column_names if c not in keep])
+
+
+class PaddingCollator:
+    """Collator over pre-tokenized rows: it only pads (the same tensors the Featurizer gives raw rows)."""
+
+    def __init__(self, featurizer):
+        self.featurizer = featurizer
+
+    def __call__(self, rows: list[dict]) -> dict:
+        from .features import FAMILY_IDS
+
+        f = self.featurizer
+        batch = f._pack([r["input_ids"] for r in rows], [r["whole_word_ids"] for r in rows], f.padding_side)
+        batch["labels"] = f._pad([r["labels"] for r in rows], -100, f.padding_side if f.decoder_only else "right")
+        if all("task" in r for r in rows):
+            batch["task_ids"] = torch.tensor([FAMILY_IDS.get(r["task"], -1) for r in rows])
+        return batch
+
+
+class TimedCollator:
+    """Wraps a collator and adds up the seconds spent in it (data loading runs in the main process)."""
+
+    def __init__(self, inner):
+        self.inner, self.seconds, self.batches = inner, 0.0, 0
+
+    def __call__(self, rows):
+        import time
+
+        t0 = time.perf_counter()
+        out = self.inner(rows)
+        self.seconds += time.perf_counter() - t0
+        self.batches += 1
+        return out
+
+
+class ThroughputMeter:
+    """Samples, real tokens (prompt + target, no padding) and padded tokens seen by training steps.
+
+    Counts stay on the device until read (at logging time, when the Trainer syncs anyway).
+    """
+
+    def __init__(self, collate_seconds0=None):
+        import time
+
+        self.t0 = self.t_last = time.perf_counter()
+        self.samples = self.samples_last = 0
+        self.tokens = self.tokens_last = 0
+        self.padded = self.padded_last = 0
+        self.collate_last = collate_seconds0 or 0.0
+        self.collate0 = self.collate_last
+        self._dev_tokens = None
+
+    def add(self, inputs, decoder_only: bool) -> None:
+        ids, labels = inputs["input_ids"], inputs.get("labels")
+        real = inputs["attention_mask"].sum()
+        padded = ids.numel()
+        if labels is not None and not decoder_only:
+            real = real + (labels != -100).sum()
+            padded += labels.numel()
+        self._dev_tokens = real if self._dev_tokens is None else self._dev_tokens + real
+        self.samples += ids.shape[0]
+        self.padded += padded
+
+    def _sync(self):
+        if self._dev_tokens is not None:
+            self.tokens += int(self._dev_tokens)
+            self._dev_tokens = None
+
+    def interval(self, collator) -> dict:
+        """Rates since the previous call, as log entries."""
+        import time
+
+        self._sync()
+        now = time.perf_counter()
+        dt = max(now - self.t_last, 1e-9)
+        collate = getattr(collator, "seconds", 0.0)
+        out = {"throughput/samples_per_s": round((self.samples - self.samples_last) / dt, 2),
+               "throughput/tokens_per_s": round((self.tokens - self.tokens_last) / dt, 1),
+               "throughput/padded_tokens_per_s": round((self.padded - self.padded_last) / dt, 1),
+               "throughput/collate_share": round((collate - self.collate_last) / dt, 4)}
+        self.t_last, self.samples_last, self.tokens_last, self.padded_last = now, self.samples, self.tokens, self.padded
+        self.collate_last = collate
+        return out
+
+    def summary(self, collator) -> dict:
+        """Totals and rates over this process's training steps (one stage of a resumed run)."""
+        import time
+
+        self._sync()
+        dt = max(time.perf_counter() - self.t0, 1e-9)
+        collate = getattr(collator, "seconds", 0.0) - self.collate0
+        return {"seconds": round(dt, 3), "samples": self.samples, "tokens": self.tokens,
+                "padded_tokens": self.padded, "samples_per_s": round(self.samples / dt, 2),
+                "tokens_per_s": round(self.tokens / dt, 1), "padded_tokens_per_s": round(self.padded / dt, 1),
+                "collate_seconds": round(collate, 3), "collate_share": round(collate / dt, 4)}
+
+
+def time_limit_callback(seconds: float):
+    """Ends training cleanly (checkpoint saved) once `seconds` have passed since it began.
+
+    The LR schedule still spans the whole run, so a run cut into stages and resumed equals one run.
+    """
+    import time
+
+    from transformers import TrainerCallback
+
+    class TimeLimit(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if time.perf_counter() - self.t0 > seconds and state.global_step < state.max_steps:
+                control.should_save = True
+                control.should_training_stop = True
+                print(f"note: --time-limit {seconds:g}s reached at step {state.global_step}/{state.max_steps}; "
+                      "checkpoint saved, continue with --resume", file=sys.stderr)
+
+    return TimeLimit()
 
 
 def training_arguments(cfg: TrainConfig):
@@ -308,7 +488,56 @@ def task_rows(ds, cfg: TrainConfig):
     from .tasks import make_context
 
     ctx = make_context(ds, index_method=cfg.index, seed=cfg.seed)
-    return ctx.index, ctx.user_index, render_epochs(ctx, cfg.families(), cfg.epochs, cfg.seed, cfg.batch_size)
+    return ctx.index, ctx.user_index, render_epochs(ctx, cfg.families(), cfg.epochs, cfg.seed, cfg.batch_size,
+                                                    cfg.workers)
+
+
+CACHE_DIR = "pretokenized"
+_CACHE_FIELDS = ("tasks", "model", "epochs", "batch_size", "seed", "index", "max_source_len", "max_target_len",
+                 "max_words", "vocab_size")
+
+
+def cache_key(cfg: TrainConfig, ds) -> dict:
+    """What the pre-tokenized rows depend on; a cache with another key is rebuilt, never reused."""
+    return {"data_hash": ds.data_hash, "templates_hash": templates_hash(),
+            **{k: getattr(cfg, k) for k in _CACHE_FIELDS}}
+
+
+def load_cache(out: Path, key: dict):
+    """(item index, user index, tokenizer, rows) from OUTPUT/pretokenized, or None when absent or stale."""
+    import datasets
+    from transformers import AutoTokenizer
+
+    from .indexing import ItemIndex
+
+    d = out / CACHE_DIR
+    if not (d / "key.json").is_file():
+        return None
+    if json.loads((d / "key.json").read_text()) != key:
+        print(f"note: {d} was built with other options; rebuilding it", file=sys.stderr)
+        return None
+    users = ItemIndex.load(d / "user_index.json") if (d / "user_index.json").is_file() else None
+    return (ItemIndex.load(d / "item_index.json"), users, AutoTokenizer.from_pretrained(str(d / "tokenizer")),
+            datasets.load_from_disk(str(d / "rows")))
+
+
+def save_cache(out: Path, key: dict, index, user_index, tokenizer, rows) -> None:
+    """Write the cache to a temporary folder and rename it into place (key.json last inside it)."""
+    import shutil
+    import tempfile
+
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".pretokenized.", dir=out))
+    rows.save_to_disk(str(tmp / "rows"))
+    tokenizer.save_pretrained(str(tmp / "tokenizer"))
+    index.save(tmp / "item_index.json")
+    if user_index is not None:
+        user_index.save(tmp / "user_index.json")
+    (tmp / "key.json").write_text(json.dumps(key, indent=1))
+    final = out / CACHE_DIR
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
 
 
 def last_checkpoint(output: Path) -> Path | None:
@@ -330,15 +559,28 @@ def train(cfg: TrainConfig, make_rows=task_rows) -> Path:
     out = Path(cfg.output)
     spec = resolve_backbone(cfg.model)
     ds = load_dataset(cfg.data)
-    index, user_index, rows = make_rows(ds, cfg)
     resume_from = last_checkpoint(out) if cfg.resume else None
     if cfg.resume and resume_from is None:
         print(f"note: no checkpoint in {out} to resume from; starting fresh", file=sys.stderr)
-    pieces = list(index.pieces()) + (list(user_index.pieces()) if user_index is not None else [])
-    tokenizer = build_tokenizer(cfg, spec, pieces, rows.select(range(min(len(rows), 200_000))), ds, resume_from)
-    model = build_model(cfg, spec, tokenizer)
+    key = cache_key(cfg, ds)
+    cached = load_cache(out, key) if cfg.pretokenize else None
+    if cached is not None:  # rows, indexes and tokenizer exactly as the run that built them
+        index, user_index, tokenizer, rows = cached
+    else:
+        index, user_index, rows = make_rows(ds, cfg)
+        pieces = list(index.pieces()) + (list(user_index.pieces()) if user_index is not None else [])
+        tokenizer = build_tokenizer(cfg, spec, pieces, rows.select(range(min(len(rows), 200_000))), ds,
+                                    resume_from)
     featurizer = Featurizer(tokenizer, spec.decoder_only, cfg.whole_word_embeddings == "on",
                             cfg.max_source_len, cfg.max_target_len, cfg.max_words)
+    if cfg.pretokenize and cached is None:
+        rows = pretokenize(rows, featurizer, cfg.workers)
+        save_cache(out, key, index, user_index, tokenizer, rows)
+        rows = load_cache(out, key)[3]  # memory-mapped from disk rather than held in RAM
+    if cfg.prepare_only:
+        print(f"pre-tokenized {len(rows)} rows into {out / CACHE_DIR}", file=sys.stderr)
+        return out
+    model = build_model(cfg, spec, tokenizer)
     meta = {"backbone": cfg.model, "backbone_kind": spec.kind, "pretrained": spec.pretrained,
             "whole_word": cfg.whole_word_embeddings == "on", "max_words": cfg.max_words,
             "max_source_len": cfg.max_source_len, "max_target_len": cfg.max_target_len,
@@ -352,13 +594,33 @@ def train(cfg: TrainConfig, make_rows=task_rows) -> Path:
 
     trainer_cls = _make_trainer_class()
     trainer_cls.p5x_save = staticmethod(save)
-    trainer = trainer_cls(model=model, args=training_arguments(cfg), train_dataset=rows, data_collator=featurizer)
+    collator = TimedCollator(PaddingCollator(featurizer) if cfg.pretokenize else featurizer)
+    trainer = trainer_cls(model=model, args=training_arguments(cfg), train_dataset=rows, data_collator=collator,
+                          callbacks=[time_limit_callback(cfg.time_limit)] if cfg.time_limit > 0 else None)
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     trainer.save_model(str(out))
     if trainer.args.should_save:
         trainer.state.save_to_json(str(out / "trainer_state.json"))
         plot_losses(trainer.state.log_history, out / "loss_curve.png")
+        write_throughput(out, trainer, model, cfg, collator)
     return out
+
+
+def write_throughput(out: Path, trainer, model, cfg: TrainConfig, collator) -> None:
+    """OUTPUT/throughput.json: this process's training rates (one stage when resumed), for bench/."""
+    meter = trainer.__dict__.get("_tp")
+    if meter is None:  # resumed past the last step: nothing trained here
+        return
+    from .metrics import device_name
+
+    res = {**meter.summary(collator), "global_step": trainer.state.global_step, "max_steps": trainer.state.max_steps,
+           "done": trainer.state.global_step >= trainer.state.max_steps, "batch_size": cfg.batch_size,
+           "grad_accum": cfg.grad_accum, "params": sum(p.numel() for p in model.parameters()),
+           "bf16": bool(trainer.args.bf16), "pretokenized": cfg.pretokenize,
+           "device": device_name("cpu" if trainer.args.use_cpu or not torch.cuda.is_available() else "cuda")}
+    tmp = out / ".throughput.json.tmp"
+    tmp.write_text(json.dumps(res, indent=1))
+    tmp.replace(out / "throughput.json")
 
 
 def main(argv=None) -> int:
