@@ -1,0 +1,113 @@
+"""Smoke tests for the speed plumbing: pre-tokenized collation, the training cache, --time-limit
+stages, throughput records, and the bench/ CLIs on toy data (tiny models, no timing asserts)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from p5x.features import Featurizer
+from p5x.training import PaddingCollator, TrainConfig, encode_rows, pretokenize, train
+
+sys.path.insert(0, str(Path(__file__).parent))
+from p5x_rows import make_rows, rows_for  # noqa: E402
+
+torch.set_num_threads(1)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _tokenizer(tmp_path, texts):
+    from p5x.tokenization import train_sentencepiece
+
+    return train_sentencepiece(texts, tmp_path / "tok", vocab_size=120)
+
+
+@pytest.mark.parametrize("decoder_only", [False, True])
+def test_padding_collator_matches_featurizer(toy_ds, tmp_path, decoder_only):
+    import datasets
+
+    rows, index, users = rows_for(toy_ds)
+    rows = rows[:12]
+    tok = _tokenizer(tmp_path, [t for r in rows for t in (r["inputs"], r["targets"])])
+    feat = Featurizer(tok, decoder_only, whole_word=True, max_source_len=40, max_target_len=8)
+    pre = pretokenize(datasets.Dataset.from_list(rows), feat)
+    assert set(pre.column_names) == {"input_ids", "whole_word_ids", "labels", "task"}
+    want, got = feat(rows), PaddingCollator(feat)(pre.to_list())
+    assert set(want) == set(got)
+    for k in want:
+        assert torch.equal(want[k], got[k]), k
+    one = encode_rows(feat, {"inputs": [rows[0]["inputs"]], "targets": [rows[0]["targets"]]})
+    assert one["labels"][0][-1] == tok.eos_token_id
+
+
+def _cfg(data, out, **kw):
+    base = dict(data=str(data), output=str(out), epochs=1, batch_size=8, max_steps=4, save_steps=100,
+                logging_steps=1, use_cpu=True, vocab_size=200, lr=3e-3, max_source_len=64, max_target_len=16,
+                pretokenize=True)
+    return TrainConfig(**{**base, **kw})
+
+
+def _no_rows(ds, cfg):
+    raise AssertionError("rows were rendered again although the cache was valid")
+
+
+def test_cache_time_limit_and_resume(toy_dir, tmp_path):
+    out = tmp_path / "run"
+    train(_cfg(toy_dir, out, prepare_only=True), make_rows=make_rows)
+    assert (out / "pretokenized" / "key.json").is_file() and not (out / "model.safetensors").exists()
+    # a tiny time limit stops after the first step with a checkpoint; resuming finishes the run
+    train(_cfg(toy_dir, out, time_limit=1e-6), make_rows=_no_rows)
+    first = json.loads((out / "throughput.json").read_text())
+    assert (out / "checkpoint-1").is_dir() and first["global_step"] == 1 and not first["done"]
+    train(_cfg(toy_dir, out, resume=True), make_rows=_no_rows)
+    tp = json.loads((out / "throughput.json").read_text())
+    assert tp["done"] and tp["global_step"] == 4 and tp["samples"] == 3 * 8 and tp["pretokenized"]
+    assert tp["padded_tokens"] >= tp["tokens"] > 0 and 0 <= tp["collate_share"] < 1
+    logs = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert any("throughput/tokens_per_s" in h for h in logs)
+    # another option changes the key: the cache is rebuilt, not reused
+    with pytest.raises(AssertionError, match="rendered again"):
+        train(_cfg(toy_dir, tmp_path / "run", max_source_len=48, resume=True), make_rows=_no_rows)
+
+
+def _run(args, timeout=300):
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def test_train_throughput_cli(toy_dir, tmp_path):
+    js = tmp_path / "tp.json"
+    r = _run(["bench/train_throughput.py", "--data", str(toy_dir), "--model", "t5-tiny", "--batch-size", "4",
+              "--steps", "2", "--warmup", "1", "--users", "10", "--vocab-size", "200", "--max-source-len", "96",
+              "--device", "cpu", "--peak-flops", "1e12", "--json", str(js)])
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(js.read_text())
+    assert res["samples_per_s"] > 0 and res["tokens_per_s"] > 0 and 0 < res["mfu"] < 1
+    assert res["params_per_token"]["encoder"] > 0 and 0 <= res["data_wait_share"] < 1
+    bad = _run(["bench/train_throughput.py", "--data", str(toy_dir), "--steps", "0"])
+    assert bad.returncode == 2 and bad.stderr.startswith("error:")
+
+
+def test_decode_bench_cli(tmp_path):
+    js = tmp_path / "d.json"
+    r = _run(["bench/decode_bench.py", "--items", "50", "--users", "2", "--batch", "2", "--beams", "3",
+              "--vocab", "120", "--item-vocab", "40", "--d-model", "32", "--layers", "1", "--repeats", "1",
+              "--src-len", "8", "--json", str(js)])
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(js.read_text())
+    assert res["identical"] and res["valid_rate"]["trie"] == 1.0
+
+
+def test_beauty_recipe_scripts_parse():
+    """The recipe's stages are valid bash, and an unknown stage is refused with a usage line."""
+    script = REPO / "bench" / "beauty" / "run_gpu.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    r = subprocess.run(["bash", str(script), "no-such-stage"], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 2 and "usage" in r.stderr.lower()
+    cfg = json.loads((REPO / "bench" / "beauty" / "config.json").read_text())
+    fields = set(TrainConfig.__dataclass_fields__)
+    assert set(cfg["train"]) <= fields, set(cfg["train"]) - fields
