@@ -2,6 +2,9 @@
 
     model.safetensors   P5XModel state (backbone + word_embed); with LoRA on a pretrained base only
                         the trainable tensors (adapter + word_embed), the base is rebuilt from its files
+    added_rows.safetensors  (adapter checkpoints only) the base's embedding rows of the id-piece tokens
+                        added to its vocabulary: resizing draws those rows at random, so without them a
+                        reload would read other item and user ids
     tokenizer files     tokenizer.json / tokenizer_config.json (id pieces included)
     item_index.json     p5x.indexing.ItemIndex.save; user_index.json likewise
     p5x_config.json     backbone name and config dict, whole-word on/off, max lengths, tasks,
@@ -26,6 +29,7 @@ from .errors import CheckpointError
 
 CONFIG_FILE = "p5x_config.json"
 WEIGHTS_FILE = "model.safetensors"
+ADDED_FILE = "added_rows.safetensors"
 
 
 @dataclass
@@ -66,9 +70,16 @@ def save_checkpoint(out_dir, model, tokenizer, config: dict, index=None, user_in
     if config["adapter_only"]:
         trainable = {n for n, p in model.named_parameters() if p.requires_grad}
         state_dict = {k: v for k, v in state_dict.items() if k in trainable}
+        if not any("lora_" in k for k in state_dict):
+            # the failure TALLRec users met: an "adapter" file with no adapter in it
+            raise CheckpointError(f"{out_dir}: LoRA run but no adapter tensor to save (nothing trainable "
+                                  f"is named lora_*)")
+        extra = added_rows(model, tokenizer)
     tmp = Path(tempfile.mkdtemp(prefix=".p5x-ckpt.", dir=out_dir))
     try:
         save_file(_dedup(state_dict), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        if config["adapter_only"] and extra:
+            save_file(extra, str(tmp / ADDED_FILE), metadata={"format": "pt"})
         tokenizer.save_pretrained(str(tmp))
         if index is not None:
             index.save(tmp / "item_index.json")
@@ -80,6 +91,44 @@ def save_checkpoint(out_dir, model, tokenizer, config: dict, index=None, user_in
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def _added_ids(tokenizer) -> list[int]:
+    from .tokenization import PIECE_RE
+
+    return sorted(i for t, i in tokenizer.get_added_vocab().items() if PIECE_RE.fullmatch(t))
+
+
+def added_rows(model, tokenizer) -> dict[str, torch.Tensor]:
+    """Input (and untied output) embedding rows of the id-piece tokens: frozen under LoRA, yet not
+    part of the pretrained files, so an adapter checkpoint must carry them."""
+    ids = _added_ids(tokenizer)
+    if not ids:
+        return {}
+    idx = torch.tensor(ids)
+    bb = model.backbone
+    out = {"ids": idx, "input": bb.get_input_embeddings().weight.detach()[idx].contiguous().clone()}
+    head = bb.get_output_embeddings()
+    if head is not None and head.weight.data_ptr() != bb.get_input_embeddings().weight.data_ptr():
+        out["output"] = head.weight.detach()[idx].contiguous().clone()
+    return out
+
+
+def restore_added_rows(model, path: Path) -> None:
+    """Put the saved id-piece rows back into a freshly resized base (no-op when the file is absent)."""
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        return
+    rows = load_file(str(path))
+    idx = rows["ids"].long()
+    bb = model.backbone
+    if int(idx.max()) >= bb.get_input_embeddings().weight.shape[0]:
+        raise CheckpointError(f"{path}: token id {int(idx.max())} beyond the vocabulary of the rebuilt base")
+    with torch.no_grad():
+        bb.get_input_embeddings().weight[idx] = rows["input"]
+        if "output" in rows:
+            bb.get_output_embeddings().weight[idx] = rows["output"]
 
 
 def read_config(ckpt_dir) -> dict:
@@ -127,6 +176,8 @@ def load_weights(model, path: Path, adapter_only: bool) -> None:
     if not path.is_file():
         raise CheckpointError(f"{path}: not found")
     state = load_file(str(path))
+    if adapter_only and not any("lora_" in k for k in state):
+        raise CheckpointError(f"{path}: adapter checkpoint without any LoRA tensor (an empty adapter)")
     result = model.load_state_dict(state, strict=False)
     if result.unexpected_keys:
         raise CheckpointError(f"{path}: unexpected tensor {result.unexpected_keys[0]!r}")
@@ -155,9 +206,30 @@ def load_checkpoint(ckpt_dir, data=None, device: str | torch.device = "cpu") -> 
     backbone = _skeleton(config, tokenizer)
     model = P5XModel(backbone, whole_word=config["whole_word"], max_words=config["max_words"])
     load_weights(model, ckpt_dir / WEIGHTS_FILE, config.get("adapter_only", False))
+    if config.get("adapter_only"):
+        restore_added_rows(model, ckpt_dir / ADDED_FILE)
     model.to(device).eval()
     featurizer = Featurizer(tokenizer, model.decoder_only, config["whole_word"], config["max_source_len"],
                             config["max_target_len"], config["max_words"])
     idx = {n: ItemIndex.load(ckpt_dir / f) if (ckpt_dir / f).is_file() else None
            for n, f in (("index", "item_index.json"), ("user_index", "user_index.json"))}
     return Checkpoint(model, tokenizer, featurizer, idx["index"], idx["user_index"], config)
+
+
+def merge_lora(ckpt_dir, out_dir) -> Path:
+    """Fold a LoRA checkpoint's adapter into its base and write a full (non-PEFT) checkpoint.
+
+    The merged weights are W + (alpha / r) * B @ A for every adapted layer (PEFT's merge_and_unload),
+    so the merged model gives the adapter model's outputs up to float rounding; it loads with
+    load_checkpoint like any full checkpoint and needs neither peft nor the base files.
+    """
+    from .modeling import P5XModel
+
+    ckpt = load_checkpoint(ckpt_dir)
+    if not ckpt.config.get("peft"):
+        raise CheckpointError(f"{Path(ckpt_dir) / CONFIG_FILE}: field 'peft': not a LoRA checkpoint, nothing to merge")
+    merged = P5XModel(ckpt.model.backbone.merge_and_unload(), whole_word=False)
+    merged.word_embed = ckpt.model.word_embed
+    config = {k: v for k, v in ckpt.config.items() if k not in ("backbone_config", "adapter_only", "p5x_version")}
+    config.update(peft=None, merged_from=str(Path(ckpt_dir).resolve()), merged_lora=ckpt.config["peft"])
+    return save_checkpoint(out_dir, merged, ckpt.tokenizer, config, ckpt.index, ckpt.user_index)

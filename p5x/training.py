@@ -56,6 +56,13 @@ class TrainConfig:
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha"})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
     lora_targets: str = field(default="", metadata={"help": "comma list of LoRA target modules (default q,v projections)"})
+    merge: bool = field(default=False, metadata={"help": "with --peft lora: also write the adapter merged into the "
+                                                 "base as a full checkpoint in OUTPUT/merged"})
+    shots: int = field(default=0, metadata={"help": "few-shot: train on N preference examples drawn (seeded) from "
+                                            "training interactions, see p5x.fewshot (0: the usual mixture)"})
+    holdout_users: int = field(default=0, metadata={"help": "with --shots: keep N seeded evaluation users out of "
+                                                    "training entirely (p5x.fewshot.holdout_users)"})
+    holdout_seed: int = field(default=0, metadata={"help": "seed of the --holdout-users draw (fixed across runs)"})
     max_source_len: int = field(default=512, metadata={"help": "max prompt tokens (100 candidate ids need ~450)"})
     max_target_len: int = field(default=64, metadata={"help": "max target tokens (eos included)"})
     max_words: int = field(default=512, metadata={"help": "whole-word embedding table size (indices clipped)"})
@@ -99,6 +106,14 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')}: must be at least 1")
         if self.lr <= 0:
             raise ConfigError("--lr: must be positive")
+        if self.shots < 0 or self.holdout_users < 0:
+            raise ConfigError("--shots and --holdout-users: must be >= 0")
+        if self.holdout_users and not self.shots:
+            raise ConfigError("--holdout-users: only meaningful with --shots")
+        if self.shots and self.families() != ["preference"]:
+            raise ConfigError("--shots: few-shot sampling is defined for --tasks preference only")
+        if self.merge and self.peft != "lora":
+            raise ConfigError("--merge: needs --peft lora (there is no adapter to merge)")
         self.families()
         return self
 
@@ -487,6 +502,9 @@ def task_rows(ds, cfg: TrainConfig):
     """(item index, user index, rows of every epoch) from p5x.tasks: the default row source."""
     from .tasks import make_context
 
+    if cfg.shots:  # exactly N fixed preference rows per epoch, none from held-out users
+        from .fewshot import fewshot_task_rows
+        return fewshot_task_rows(ds, cfg)
     ctx = make_context(ds, index_method=cfg.index, seed=cfg.seed)
     return ctx.index, ctx.user_index, render_epochs(ctx, cfg.families(), cfg.epochs, cfg.seed, cfg.batch_size,
                                                     cfg.workers)
@@ -602,6 +620,9 @@ def train(cfg: TrainConfig, make_rows=task_rows) -> Path:
     if trainer.args.should_save:
         trainer.state.save_to_json(str(out / "trainer_state.json"))
         plot_losses(trainer.state.log_history, out / "loss_curve.png")
+        if cfg.merge:
+            from .checkpoint import merge_lora
+            merge_lora(out, out / "merged")
         write_throughput(out, trainer, model, cfg, collator)
     return out
 
