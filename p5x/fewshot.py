@@ -210,6 +210,7 @@ class FewShotConfig:
     seeds: list = field(default_factory=lambda: [0, 1, 2])
     peft: list = field(default_factory=lambda: ["lora", "none"])
     full_shots: list = field(default_factory=lambda: [64])
+    full_seeds: list | None = None   # seeds of the full fine-tuning runs (None: the same as seeds)
     eval_users: int = 300
     holdout_seed: int = 0
     template: str = EVAL_TEMPLATE
@@ -282,7 +283,8 @@ def run_sweep(cfg: FewShotConfig, log=print) -> tuple[list[dict], dict]:
         ck = untuned_checkpoint(cfg.model, ctx.index, ctx.user_index, max_source_len=cfg.max_source_len)
         record("zero-shot", 0, 0, auc_of(ck, rows, cfg.eval_batch), time.time() - t)
         del ck
-    plan = [(p, n, s) for n in cfg.shots for p in cfg.peft for s in cfg.seeds
+    full_seeds = cfg.seeds if cfg.full_seeds is None else cfg.full_seeds
+    plan = [(p, n, s) for n in cfg.shots for p in cfg.peft for s in (cfg.seeds if p == "lora" else full_seeds)
             if p == "lora" or n in cfg.full_shots]
     for peft, shots, seed in plan:
         method = "lora" if peft == "lora" else "full"
@@ -395,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seeds", default="0,1,2", help="seeds per shot count (default: 0,1,2)")
     ap.add_argument("--peft", default="lora,none", help="lora, none or both (default: lora,none)")
     ap.add_argument("--full-shots", default="64", help="shot counts for --peft none (default: 64)")
+    ap.add_argument("--full-seeds", help="seeds for --peft none runs (default: the --seeds list)")
     ap.add_argument("--eval-users", type=int, default=d.eval_users, help="held-out users (0: all; default: 300)")
     ap.add_argument("--holdout-seed", type=int, default=d.holdout_seed, help="seed of the held-out draw")
     ap.add_argument("--template", default=d.template, help=f"evaluation template id (default: {d.template})")
@@ -420,7 +423,8 @@ def main(argv=None) -> int:
         if not peft or set(peft) - {"lora", "none"}:
             raise ConfigError(f"--peft: expected lora, none or lora,none, got {a.peft!r}")
         cfg = FewShotConfig(a.data, a.out, a.model, _ints(a.shots, "--shots"), _ints(a.seeds, "--seeds"), peft,
-                            _ints(a.full_shots, "--full-shots"), a.eval_users, a.holdout_seed, a.template,
+                            _ints(a.full_shots, "--full-shots"),
+                            _ints(a.full_seeds, "--full-seeds") if a.full_seeds else None, a.eval_users, a.holdout_seed, a.template,
                             a.epochs, a.batch_size, a.lr_lora, a.lr_full, a.lora_rank, a.lora_alpha,
                             a.lora_targets, a.max_source_len, a.sasrec_epochs, a.eval_batch,
                             a.keep_checkpoints, not a.no_zero_shot)
