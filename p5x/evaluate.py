@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 
 from . import metrics as M
-from .errors import ConfigError, P5XError
+from .errors import ConfigError, P5XError, close_matches
 from .inference import build_item_trie, generate_text, rank_items, target_logprob, yes_probability
 from .schema import load_dataset
 from .tasks import HISTORY_LEN, TEXT_CANDIDATES, make_context, render, resolve_families
@@ -62,6 +63,7 @@ class EvalConfig:
     out: Path | None = None
     device: str = "auto"
     progress: bool = True
+    template_ids: tuple[str, ...] = ()   # keep only these templates inside each group (empty: all)
 
 
 def parse_number(text: str) -> float | None:
@@ -187,6 +189,9 @@ class Evaluator:
 
     def family(self, family: str, group: str) -> list[dict]:
         rows = self._limit(render(self.ctx, [family], self.cfg.split, templates=group))
+        if self.cfg.template_ids:
+            keep = set(self.cfg.template_ids)
+            rows = rows.filter(lambda t: t in keep, input_columns="template_id")
         if len(rows) == 0:
             return []
         by_kind: dict[str, list[int]] = defaultdict(list)
@@ -196,11 +201,14 @@ class Evaluator:
         for kind, idx in by_kind.items():
             sub = rows.select(idx)
             tids = sorted(set(sub["template_id"]))
+            t0 = time.perf_counter()
             res = self.kind(family, kind, sub)
+            sec = time.perf_counter() - t0  # wall time of the whole kind (every protocol it reports)
             for protocol, metrics in res:
                 out.append({"model": f"p5x ({self.ckpt.config.get('backbone', '?')})",
                             "task": f"{family}/{kind}", "protocol": protocol, "templates": group,
-                            "metrics": metrics, "template_ids": tids, "n": len(sub)})
+                            "metrics": metrics, "template_ids": tids, "n": len(sub),
+                            "seconds": round(sec, 3), "ms_per_row": round(1000 * sec / max(1, len(sub)), 3)})
         return out
 
     def kind(self, family: str, kind: str, rows) -> list[tuple[str, dict]]:
@@ -237,11 +245,17 @@ def evaluate(cfg: EvalConfig) -> tuple[list[dict], dict]:
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     ckpt = load_checkpoint(cfg.checkpoint, data=ds, device=device)
     ev = Evaluator(ckpt, ds, cfg)
+    known = {t.id for fam in ev.ctx.templates.values() for t in fam.templates}
+    for tid in cfg.template_ids:
+        if tid not in known:
+            raise ConfigError(f"--template-ids: unknown template {tid!r}{close_matches(tid, known)}")
     families = resolve_families(ev.ctx, cfg.tasks.split(","))
     rows: list[dict] = []
+    t0 = time.perf_counter()
     for family in families:
         for group in cfg.templates:
             rows += ev.family(family, group)
+    model_seconds = time.perf_counter() - t0
     if cfg.baselines:
         from .baselines import BaselineConfig, run_baselines
 
@@ -254,7 +268,8 @@ def evaluate(cfg: EvalConfig) -> tuple[list[dict], dict]:
             "templates": sorted({t for r in rows for t in r.get("template_ids", [])}),
             "data_hash": ds.data_hash, "data": str(Path(data).resolve()), "checkpoint": str(cfg.checkpoint),
             "model": config.get("backbone"), "device": M.device_name(device), "max_users": cfg.max_users,
-            "beams": cfg.beams}
+            "beams": cfg.beams, "template_ids_kept": list(cfg.template_ids) or None,
+            "model_eval_seconds": round(model_seconds, 3)}
     return rows, meta
 
 
@@ -268,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--beams", type=int, default=20, help="beam size for item generation (full ranking)")
     ap.add_argument("--batch-size", type=int, default=16, help="prompts per generation batch")
     ap.add_argument("--max-users", type=int, help="evaluate only the first N users (sorted ids) per family")
+    ap.add_argument("--template-ids", default="", help="comma list: keep only these template ids inside the "
+                    "chosen groups (e.g. sequential-1,sequential-13: one seen and one unseen prompt)")
     ap.add_argument("--no-baselines", action="store_true", help="skip the same-split baseline rows")
     ap.add_argument("--baseline-epochs", type=int, default=50, help="SASRec epochs for the baseline rows")
     ap.add_argument("--out", type=Path, help="directory for metrics.json/metrics.md (default CKPT/eval)")
@@ -286,7 +303,8 @@ def main(argv=None) -> int:
             raise ConfigError("--beams and --batch-size must be positive")
         cfg = EvalConfig(args.checkpoint, args.data, args.tasks, args.split, groups, args.beams,
                          args.batch_size, args.max_users, not args.no_baselines, args.baseline_epochs,
-                         args.out, args.device, not args.no_progress)
+                         args.out, args.device, not args.no_progress,
+                         tuple(t.strip() for t in args.template_ids.split(",") if t.strip()))
         rows, meta = evaluate(cfg)
         out = args.out or (args.checkpoint / "eval")
         M.write_results(out / "metrics.json", rows, meta)

@@ -111,3 +111,24 @@ def test_beauty_recipe_scripts_parse():
     cfg = json.loads((REPO / "bench" / "beauty" / "config.json").read_text())
     fields = set(TrainConfig.__dataclass_fields__)
     assert set(cfg["train"]) <= fields, set(cfg["train"]) - fields
+
+
+def test_pretokenized_run_evaluates_with_kept_templates(toy_dir, tmp_path, capsys):
+    """A --pretokenize run on real task rows; evaluation keeps only the named templates and is timed."""
+    from p5x.evaluate import main as evaluate_main
+
+    out = train(_cfg(toy_dir, tmp_path / "ck", batch_size=16, max_steps=3, max_source_len=256, vocab_size=300))
+    ev = tmp_path / "eval"
+    rc = evaluate_main(["--checkpoint", str(out), "--tasks", "sequential", "--template-ids",
+                        "sequential-1,sequential-13", "--max-users", "4", "--beams", "5", "--no-baselines",
+                        "--out", str(ev), "--no-progress"])
+    assert rc == 0
+    res = json.loads((ev / "metrics.json").read_text())
+    rows = res["rows"]
+    assert {r["templates"] for r in rows} == {"seen", "unseen"}
+    assert {t for r in rows for t in r["template_ids"]} == {"sequential-1", "sequential-13"}
+    assert all(r["n"] == 4 and r["seconds"] > 0 and r["ms_per_row"] > 0 for r in rows)
+    assert res["meta"]["model_eval_seconds"] > 0
+    assert evaluate_main(["--checkpoint", str(out), "--template-ids", "sequential-99", "--no-baselines",
+                          "--out", str(ev), "--no-progress"]) == 2
+    assert "sequential-99" in capsys.readouterr().err

@@ -19,6 +19,8 @@ RUN="${RUN:-runs/beauty}"
 OUT="${OUT:-$RUN/out}"
 BEAUTY="${BEAUTY:-$REPO/../shared/data/beauty}"
 PY="${PYTHON:-python}"
+# progress bars are \r-joined megabyte lines in captured logs; the Trainer still logs its numbers
+export HF_DATASETS_DISABLE_PROGRESS_BARS=1 TQDM_DISABLE=1
 
 usage() {
   echo "usage: run_gpu.sh {prepare|train|evaluate|baselines|bench|all} | run_gpu.sh ablation NAME {prepare|train|evaluate}" >&2
