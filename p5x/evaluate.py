@@ -64,6 +64,7 @@ class EvalConfig:
     device: str = "auto"
     progress: bool = True
     template_ids: tuple[str, ...] = ()   # keep only these templates inside each group (empty: all)
+    per_kind: int = 1                    # evaluate the first N templates of each kind per group (0: all)
 
 
 def parse_number(text: str) -> float | None:
@@ -126,8 +127,7 @@ class Evaluator:
     def candidates_by_yes_no(self, family: str, template: Template) -> dict:
         """Score each user's 100 fixed candidates with a yes/no template; rank by P(yes)."""
         cand_rows = render(self.ctx, [family], self.cfg.split,
-                           templates=[self._first_of_kind(family, "candidates")])
-        cand_rows = self._limit(cand_rows)
+                           templates=[self._first_of_kind(family, "candidates")], users=self.users())
         prompts, owners = [], []
         for k, (user, cands) in enumerate(zip(cand_rows["user_id"], cand_rows["candidates"])):
             fields = {"user": self.ctx.user_index.text(user), "answer": "yes"}
@@ -180,18 +180,33 @@ class Evaluator:
     def _first_of_kind(self, family: str, kind: str) -> str:
         return next(t.id for t in self.ctx.templates[family].templates if t.kind == kind and not t.unseen)
 
-    def _limit(self, rows):
+    def users(self) -> list[str] | None:
+        """The evaluated users: all of the part, or the first --max-users of them (sorted ids)."""
         if self.cfg.max_users is None:
-            return rows
-        users = sorted(set(rows["user_id"]))[: self.cfg.max_users]
-        keep = set(users)
-        return rows.filter(lambda u: u in keep, input_columns="user_id")
+            return None
+        return sorted(self.ctx.split.eval_users(self.cfg.split))[: self.cfg.max_users]
+
+    def template_ids(self, family: str, group: str) -> list[str]:
+        """The group's templates, cut to --template-ids and to the first --per-kind of each kind."""
+        fam = self.ctx.templates[family]
+        ts = fam.seen() if group == "seen" else fam.unseen()
+        if self.cfg.template_ids:
+            ts = [t for t in ts if t.id in set(self.cfg.template_ids)]
+        if self.cfg.per_kind:
+            count: dict[str, int] = defaultdict(int)
+            kept = []
+            for t in ts:
+                if count[t.kind] < self.cfg.per_kind:
+                    kept.append(t)
+                    count[t.kind] += 1
+            ts = kept
+        return [t.id for t in ts]
 
     def family(self, family: str, group: str) -> list[dict]:
-        rows = self._limit(render(self.ctx, [family], self.cfg.split, templates=group))
-        if self.cfg.template_ids:
-            keep = set(self.cfg.template_ids)
-            rows = rows.filter(lambda t: t in keep, input_columns="template_id")
+        tids = self.template_ids(family, group)
+        if not tids:
+            return []
+        rows = render(self.ctx, [family], self.cfg.split, templates=tids, users=self.users())
         if len(rows) == 0:
             return []
         by_kind: dict[str, list[int]] = defaultdict(list)
@@ -268,7 +283,7 @@ def evaluate(cfg: EvalConfig) -> tuple[list[dict], dict]:
             "templates": sorted({t for r in rows for t in r.get("template_ids", [])}),
             "data_hash": ds.data_hash, "data": str(Path(data).resolve()), "checkpoint": str(cfg.checkpoint),
             "model": config.get("backbone"), "device": M.device_name(device), "max_users": cfg.max_users,
-            "beams": cfg.beams, "template_ids_kept": list(cfg.template_ids) or None,
+            "beams": cfg.beams, "per_kind": cfg.per_kind, "template_ids_kept": list(cfg.template_ids) or None,
             "model_eval_seconds": round(model_seconds, 3)}
     return rows, meta
 
@@ -285,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-users", type=int, help="evaluate only the first N users (sorted ids) per family")
     ap.add_argument("--template-ids", default="", help="comma list: keep only these template ids inside the "
                     "chosen groups (e.g. sequential-1,sequential-13: one seen and one unseen prompt)")
+    ap.add_argument("--per-kind", type=int, default=1, help="templates evaluated per kind and group: the first "
+                    "N seen (and N unseen) of each kind, pooled; 0 = every template (slow: each is a full pass)")
     ap.add_argument("--no-baselines", action="store_true", help="skip the same-split baseline rows")
     ap.add_argument("--baseline-epochs", type=int, default=50, help="SASRec epochs for the baseline rows")
     ap.add_argument("--out", type=Path, help="directory for metrics.json/metrics.md (default CKPT/eval)")
@@ -299,12 +316,12 @@ def main(argv=None) -> int:
     try:
         if not groups or any(g not in ("seen", "unseen") for g in groups):
             raise ConfigError(f"--templates: expected seen, unseen or seen,unseen, got {args.templates!r}")
-        if args.beams < 1 or args.batch_size < 1:
-            raise ConfigError("--beams and --batch-size must be positive")
+        if args.beams < 1 or args.batch_size < 1 or args.per_kind < 0:
+            raise ConfigError("--beams and --batch-size must be positive, --per-kind not negative")
         cfg = EvalConfig(args.checkpoint, args.data, args.tasks, args.split, groups, args.beams,
                          args.batch_size, args.max_users, not args.no_baselines, args.baseline_epochs,
                          args.out, args.device, not args.no_progress,
-                         tuple(t.strip() for t in args.template_ids.split(",") if t.strip()))
+                         tuple(t.strip() for t in args.template_ids.split(",") if t.strip()), args.per_kind)
         rows, meta = evaluate(cfg)
         out = args.out or (args.checkpoint / "eval")
         M.write_results(out / "metrics.json", rows, meta)

@@ -108,3 +108,18 @@ def test_checkpoint_from_other_dataset_is_refused(ckpt_dir, tmp_path):
     r = subprocess.run([sys.executable, "-m", "p5x.evaluate", "--checkpoint", str(ckpt_dir), "--data", str(other),
                         "--no-baselines"], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert r.returncode == 2 and "another dataset" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_per_kind_and_template_ids_choose_templates(ckpt_dir, toy_ds):
+    from p5x.evaluate import EvalConfig, Evaluator
+
+    ck = load_checkpoint(ckpt_dir, data=toy_ds)
+    one = Evaluator(ck, toy_ds, EvalConfig(ckpt_dir, per_kind=1))
+    every = Evaluator(ck, toy_ds, EvalConfig(ckpt_dir, per_kind=0))
+    assert one.template_ids("sequential", "seen") == ["sequential-1", "sequential-8", "sequential-11"]
+    assert len(every.template_ids("sequential", "seen")) == 12
+    assert one.template_ids("sequential", "unseen") == every.template_ids("sequential", "unseen") == ["sequential-13"]
+    named = Evaluator(ck, toy_ds, EvalConfig(ckpt_dir, per_kind=0, template_ids=("direct-2", "direct-8")))
+    assert named.template_ids("direct", "seen") == ["direct-2"] and named.template_ids("direct", "unseen") == ["direct-8"]
+    few = Evaluator(ck, toy_ds, EvalConfig(ckpt_dir, max_users=3))
+    assert few.users() == sorted(few.ctx.split.eval_users("test"))[:3]
