@@ -132,3 +132,16 @@ def test_pretokenized_run_evaluates_with_kept_templates(toy_dir, tmp_path, capsy
     assert evaluate_main(["--checkpoint", str(out), "--template-ids", "sequential-99", "--no-baselines",
                           "--out", str(ev), "--no-progress"]) == 2
     assert "sequential-99" in capsys.readouterr().err
+
+
+def test_parallel_prepare_gives_the_same_rows(toy_dir, tmp_path):
+    """Epochs rendered in forked workers and tokenized with num_proc equal the in-process result."""
+    import datasets
+
+    got = {}
+    for w in (1, 2):
+        out = tmp_path / f"w{w}"
+        train(_cfg(toy_dir, out, epochs=2, workers=w, prepare_only=True))
+        got[w] = datasets.load_from_disk(str(out / "pretokenized" / "rows"))
+    assert len(got[1]) == len(got[2]) > 0
+    assert got[1]["input_ids"] == got[2]["input_ids"] and got[1]["labels"] == got[2]["labels"]
