@@ -177,7 +177,7 @@ def auc_of(ckpt, rows, batch_size: int = 16) -> float:
     return float(M.auc(np.asarray(rows["label"], dtype=float), p))
 
 
-def baseline_aucs(ctx, users, epochs: int = 50, seed: int = 0) -> dict[str, float]:
+def baseline_aucs(ctx, users, epochs: int = 50, seed: int = 0, device: str = "cpu") -> dict[str, float]:
     """popularity and sasrec-sigmoid AUC on the held-out users' test interactions."""
     from . import metrics as M
     from .baselines import popularity_counts, score_sasrec, train_sasrec
@@ -188,7 +188,7 @@ def baseline_aucs(ctx, users, epochs: int = 50, seed: int = 0) -> dict[str, floa
     counts = popularity_counts(split, items)
     pos = {iid: k for k, iid in enumerate(items)}
     out = {"popularity": float(M.auc(labels, np.array([counts[pos[x.item_id]] for x in recs])))}
-    sas = train_sasrec(split, items, "sigmoid", epochs=epochs, seed=seed, progress=False)
+    sas = train_sasrec(split, items, "sigmoid", epochs=epochs, seed=seed, device=device, progress=False)
     hist = [[x.item_id for x in split.history(u, "test")] for u in users]
     p = score_sasrec(sas, hist, [[x.item_id] for x in recs])[:, 0]
     out["sasrec-sigmoid"] = float(M.auc(labels, p))
@@ -226,6 +226,12 @@ class FewShotConfig:
     eval_batch: int = 16
     keep_checkpoints: bool = False
     zero_shot: bool = True
+    device: str = "auto"   # auto: cuda when present, else cpu (training, scoring and SASRec alike)
+
+    def torch_device(self) -> str:
+        import torch
+
+        return ("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device
 
 
 def _train_one(cfg: FewShotConfig, peft: str, shots: int, seed: int, out: Path) -> Path:
@@ -236,7 +242,7 @@ def _train_one(cfg: FewShotConfig, peft: str, shots: int, seed: int, out: Path) 
                      whole_word_embeddings="off", peft=peft, lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
                      lora_targets=cfg.lora_targets if peft == "lora" else "", max_source_len=cfg.max_source_len,
                      max_target_len=4, shots=shots, holdout_users=cfg.eval_users, holdout_seed=cfg.holdout_seed,
-                     save_steps=10**9, logging_steps=1, use_cpu=True)
+                     save_steps=10**9, logging_steps=1, use_cpu=cfg.torch_device() == "cpu")
     return train(tc)
 
 
@@ -264,6 +270,7 @@ def run_sweep(cfg: FewShotConfig, log=print) -> tuple[list[dict], dict]:
     rows = eval_rows(ctx, users, cfg.template)
     log(f"{len(rows)} held-out rows, {sum(rows['label']):.0f} liked")
     runs_path = out / "runs.json"
+    dev = cfg.torch_device()
     runs = _load_runs(runs_path)
     done = {(r["method"], r["shots"], r["seed"]) for r in runs}
 
@@ -274,13 +281,14 @@ def run_sweep(cfg: FewShotConfig, log=print) -> tuple[list[dict], dict]:
 
     if "baselines" not in {m for m, _, _ in done}:
         t = time.time()
-        for name, auc in baseline_aucs(ctx, users, cfg.sasrec_epochs, cfg.holdout_seed).items():
+        for name, auc in baseline_aucs(ctx, users, cfg.sasrec_epochs, cfg.holdout_seed, dev).items():
             record(name, 0, cfg.holdout_seed, auc, time.time() - t)
         runs.append({"method": "baselines", "shots": 0, "seed": 0, "AUC": None, "seconds": 0})
         _save_json(runs_path, runs)
     if cfg.zero_shot and ("zero-shot", 0, 0) not in done:
         t = time.time()
         ck = untuned_checkpoint(cfg.model, ctx.index, ctx.user_index, max_source_len=cfg.max_source_len)
+        ck.model.to(dev)
         record("zero-shot", 0, 0, auc_of(ck, rows, cfg.eval_batch), time.time() - t)
         del ck
     full_seeds = cfg.seeds if cfg.full_seeds is None else cfg.full_seeds
@@ -293,7 +301,7 @@ def run_sweep(cfg: FewShotConfig, log=print) -> tuple[list[dict], dict]:
         t = time.time()
         ck_dir = out / "runs" / f"{method}-{shots}-s{seed}"
         _train_one(cfg, peft, shots, seed, ck_dir)
-        ck = load_checkpoint(ck_dir, data=ds)  # scores the RELOADED checkpoint, as a user would
+        ck = load_checkpoint(ck_dir, data=ds, device=dev)  # scores the RELOADED checkpoint, as a user would
         record(method, shots, seed, auc_of(ck, rows, cfg.eval_batch), time.time() - t)
         del ck
         if not cfg.keep_checkpoints:
@@ -302,7 +310,7 @@ def run_sweep(cfg: FewShotConfig, log=print) -> tuple[list[dict], dict]:
     meta = {"data": str(Path(cfg.data).resolve()), "data_hash": ds.data_hash, "split": "test",
             "model": cfg.model, "template": cfg.template, "eval_users": len(users),
             "holdout_seed": cfg.holdout_seed, "n_rows": len(rows), "liked": int(sum(rows["label"])),
-            "seeds": cfg.seeds, "config": {k: v for k, v in vars(cfg).items()}}
+            "seeds": cfg.seeds, "device_used": dev, "config": {k: v for k, v in vars(cfg).items()}}
     return runs, meta
 
 
@@ -365,7 +373,8 @@ def write_outputs(out: Path, runs: list[dict], meta: dict) -> list[dict]:
     from . import metrics as M
 
     summary = summarize(runs)
-    M.write_results(out / "metrics.json", summary, {**meta, "runs": runs, "device": M.device_name("cpu")})
+    M.write_results(out / "metrics.json", summary, {**meta, "runs": runs,
+                                                     "device": M.device_name(meta.get("device_used", "cpu"))})
     tmp = out / ".curve.md.tmp"
     tmp.write_text(curve_markdown(summary))
     tmp.replace(out / "curve.md")
@@ -413,6 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--eval-batch", type=int, default=d.eval_batch, help="prompts per scoring batch")
     ap.add_argument("--keep-checkpoints", action="store_true", help="keep each run's checkpoint under OUT/runs")
     ap.add_argument("--no-zero-shot", action="store_true", help="skip the untuned-model row")
+    ap.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
     return ap
 
 
@@ -427,7 +437,7 @@ def main(argv=None) -> int:
                             _ints(a.full_seeds, "--full-seeds") if a.full_seeds else None, a.eval_users, a.holdout_seed, a.template,
                             a.epochs, a.batch_size, a.lr_lora, a.lr_full, a.lora_rank, a.lora_alpha,
                             a.lora_targets, a.max_source_len, a.sasrec_epochs, a.eval_batch,
-                            a.keep_checkpoints, not a.no_zero_shot)
+                            a.keep_checkpoints, not a.no_zero_shot, a.device)
         runs, meta = run_sweep(cfg, log=lambda m: print(m, flush=True))
         summary = write_outputs(Path(cfg.out), runs, meta)
     except P5XError as e:
