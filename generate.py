@@ -112,14 +112,14 @@ class Session:
 
     # -- questions ------------------------------------------------------------------------------
     def fields(self, user=None, item=None, history=None):
-        from p5x.tasks import HISTORY_LEN
+        from p5x.tasks import history_text
 
         # targets are rendered too but never used here: absent target fields render empty
         f = defaultdict(str, {"user": self.ckpt.user_index.text(user) if user else "someone",
              "item": self.ckpt.index.text(item) if item else "", "answer": "yes", "rating": "5.0",
              "star": "5"})
         if history is not None:
-            f["history"] = " , ".join(self.ckpt.index.text(x.item_id) for x in history[-HISTORY_LEN:])
+            f["history"] = history_text(self.ctx, history)
         return f
 
     def sequential(self, user):

@@ -38,7 +38,7 @@ from . import metrics as M
 from .errors import ConfigError, P5XError, close_matches
 from .inference import build_item_trie, generate_text, rank_items, target_logprob, yes_probability
 from .schema import load_dataset
-from .tasks import HISTORY_LEN, TEXT_CANDIDATES, make_context, render, resolve_families
+from .tasks import TEXT_CANDIDATES, history_text, make_context, render, resolve_families
 from .templates import Template
 
 SEQ_KS = (5, 10, 20)
@@ -132,8 +132,7 @@ class Evaluator:
         for k, (user, cands) in enumerate(zip(cand_rows["user_id"], cand_rows["candidates"])):
             fields = {"user": self.ctx.user_index.text(user), "answer": "yes"}
             if "{history}" in template.input:
-                hist = self.ctx.split.history(user, self.cfg.split)[-HISTORY_LEN:]
-                fields["history"] = " , ".join(self.ctx.index.text(x.item_id) for x in hist)
+                fields["history"] = history_text(self.ctx, self.ctx.split.history(user, self.cfg.split))
             for c in cands:
                 prompts.append(template.render({**fields, "item": self.ctx.index.text(c)})[0])
                 owners.append(k)

@@ -7,7 +7,8 @@ piece as one atomic token, so an id tokenizes identically wherever it stands in 
 Three item indexings (see docs/DESIGN.md, "Evaluation protocol" 1):
 
 - random (default): a seeded permutation numbers the items 0..N-1; a number is written as
-  D = len(str(N-1)) zero-padded decimal digits, digit at position L -> piece `<i{L}_{digit}>`.
+  ID_LEVELS (3) digits in base b, the smallest base with b**3 >= N (Beauty: 23), digit at
+  position L -> piece `<i{L}_{digit}>`; so every id is three tokens.
 - sequential: numbers handed out in order of first appearance along TRAINING histories only, with
   users visited in a seeded random order; items absent from training get the remaining numbers in a
   seeded random order. Numbering along all interactions in file order (as P5 did) puts a user's
@@ -133,11 +134,40 @@ class ItemIndex:
 # numbered indexings (random, sequential, users)
 
 
+ID_LEVELS = 3  # pieces per numbered id: 100 candidate ids must fit a 512-token prompt
+
+
+def digit_base(n: int, levels: int = ID_LEVELS) -> int:
+    """The smallest base b >= 2 with b**levels >= n: numbers 0..n-1 fit in `levels` digits."""
+    b = 2
+    while b ** levels < n:
+        b += 1
+    return b
+
+
+def number_of(pieces, base: int) -> int:
+    """Inverse of _digits for one code: the number its base-`base` digits spell."""
+    n = 0
+    for p in pieces:
+        n = n * base + int(PIECE_RE.fullmatch(p).group(3))
+    return n
+
+
 def _digits(numbers: dict[str, int], letter: str) -> dict[str, tuple[str, ...]]:
-    """Write each number as D zero-padded decimal digits, one piece per digit position."""
-    width = len(str(max(len(numbers) - 1, 0)))
-    return {raw: tuple(f"<{letter}{pos}_{d}>" for pos, d in enumerate(f"{n:0{width}d}"))
-            for raw, n in numbers.items()}
+    """Write each number as ID_LEVELS base-b digits (b from the catalogue size), one piece per digit.
+
+    Decimal digits would give Beauty's 12,101 items five pieces each, and a 100-candidate prompt
+    ~600 tokens; three base-23 digits keep it near 400 with the same id for every sentence.
+    """
+    base = digit_base(len(numbers))
+    out = {}
+    for raw, n in numbers.items():
+        digits = []
+        for _ in range(ID_LEVELS):
+            n, d = divmod(n, base)
+            digits.append(d)
+        out[raw] = tuple(f"<{letter}{pos}_{d}>" for pos, d in enumerate(reversed(digits)))
+    return out
 
 
 def _random_numbers(ids: list[str], seed: int) -> dict[str, int]:

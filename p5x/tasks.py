@@ -62,6 +62,10 @@ FAMILIES = ("rating", "sequential", "direct", "explanation", "review")
 EXTRA_FAMILIES = ("zeroshot", "preference")
 PARTS = ("train", "valid", "test")
 HISTORY_LEN = 20
+# Ids in a list are separated by a space alone: every id is its own whitespace word (whole-word
+# ids tell them apart) and its first piece is a level-0 token, so a comma would only cost one token
+# per id (100 more in a candidate prompt) and tell the model nothing.
+ID_SEP = " "
 N_CANDIDATES = 100
 TEXT_HISTORY_LEN = 5      # zero-shot prompts list items by title, so they keep fewer of them
 TEXT_CANDIDATES = 20
@@ -146,8 +150,8 @@ class Catalogue:
     def available(self, user: str) -> int:
         return len(self.ids) - len(self.seen.get(user, ()))
 
-    def join(self, positions: list[int], sep: str = " , ") -> str:
-        """Id texts of catalogue positions; " , " keeps every id a whole word (p5x.templates)."""
+    def join(self, positions: list[int], sep: str = ID_SEP) -> str:
+        """Id texts of catalogue positions, each its own whitespace word (p5x.templates)."""
         return sep.join(itemgetter(*positions)(self.texts)) if len(positions) > 1 else \
             "".join(self.texts[p] for p in positions)
 
@@ -210,6 +214,12 @@ def eval_candidates(ctx: TaskContext, user: str, part: str) -> list[str]:
     """
     positive = ctx.split.target(user, part).item_id
     return _cat(ctx).raw(_candidate_positions(ctx, user, part, positive))
+
+
+def history_text(ctx: TaskContext, history: list[Interaction]) -> str:
+    """The {history} field: the last HISTORY_LEN item ids, oldest first."""
+    cat = _cat(ctx)
+    return cat.join([cat.pos[x.item_id] for x in history[-HISTORY_LEN:]])
 
 
 def _eval_negative(ctx, user, part) -> str | None:
@@ -335,7 +345,7 @@ def _user_samples(ctx, family: str, kind: str, user: str, history: list[Interact
     cat = _cat(ctx)
     f = {"user": ctx.user_index.text(user)}
     if family != "direct":
-        f["history"] = cat.join([cat.pos[x.item_id] for x in history[-HISTORY_LEN:]])
+        f["history"] = history_text(ctx, history)
     tid = target.item_id
     if kind == "next":
         return [Sample(kind, {**f, "item": ctx.index.text(tid)}, user, tid)]

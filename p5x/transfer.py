@@ -129,7 +129,8 @@ def tokenizer_coverage(tokenizer, texts: list[str], top: int = 10) -> dict:
 
 def _eval_config(cfg: TransferConfig, ckpt_dir: Path) -> EvalConfig:
     return EvalConfig(ckpt_dir, split=cfg.split, templates=cfg.templates, batch_size=cfg.batch_size,
-                      max_users=cfg.max_users, baselines=False, progress=cfg.progress)
+                      max_users=cfg.max_users, baselines=False, progress=cfg.progress,
+                      per_kind=0)  # the Z family is small: every template
 
 
 def evaluate_direction(ckpt, ckpt_dir: Path, ctx, cfg: TransferConfig, train_mean: float,
@@ -142,14 +143,14 @@ def evaluate_direction(ckpt, ckpt_dir: Path, ctx, cfg: TransferConfig, train_mea
             r["model"] = f"p5x ({ckpt.config.get('backbone', '?')}) {direction}"
             r["direction"] = direction
             rows.append(r)
-        shown = ev._limit(render(ctx, [FAMILY], cfg.split, templates=group))
+        shown = render(ctx, [FAMILY], cfg.split, templates=ev.template_ids(FAMILY, group), users=ev.users())
         texts += list(shown["inputs"]) + list(shown["targets"])
     return rows, tokenizer_coverage(ckpt.tokenizer, texts)
 
 
 def _first_template_rows(ctx, cfg: TransferConfig, ev: Evaluator) -> dict[str, object]:
     """kind -> the evaluated rows of that kind's first seen template."""
-    rows = ev._limit(render(ctx, [FAMILY], cfg.split, templates="seen"))
+    rows = render(ctx, [FAMILY], cfg.split, templates="seen", users=ev.users())
     out = {}
     for t in ctx.templates[FAMILY].seen():
         if t.kind not in out:

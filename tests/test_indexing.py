@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from p5x.errors import CheckpointError, ConfigError
-from p5x.indexing import PIECE_RE, ItemIndex, build_index, build_user_index
+from p5x.indexing import ID_LEVELS, PIECE_RE, ItemIndex, build_index, build_user_index, digit_base, number_of
 from p5x.schema import Dataset, Interaction, Item
 from p5x.split import time_split
 
@@ -48,9 +48,12 @@ def test_pieces_are_well_formed_and_codes_prefix_free(toy_index):
 def test_random_digits_follow_the_catalogue_size(toy_ds, toy_split):
     ix = build_index(toy_ds, toy_split, "random")
     n = len(toy_ds.items)
-    numbers = sorted(int("".join(PIECE_RE.fullmatch(p).group(3) for p in c)) for c in ix.codes.values())
+    base = digit_base(n)
+    assert base ** 3 >= n > (base - 1) ** 3 and digit_base(12101) == 23 and digit_base(8) == 2
+    numbers = sorted(number_of(c, base) for c in ix.codes.values())
     assert numbers == list(range(n))
-    assert {len(c) for c in ix.codes.values()} == {len(str(n - 1))}
+    assert {len(c) for c in ix.codes.values()} == {ID_LEVELS}
+    assert all(int(PIECE_RE.fullmatch(p).group(3)) < base for c in ix.codes.values() for p in c)
 
 
 def test_save_load_round_trip_and_bad_files(tmp_path, toy_index):
@@ -111,7 +114,7 @@ def test_collaborative_handles_isolated_and_tiny_catalogues():
 def test_sequential_numbers_come_from_training_only(toy_ds, toy_split):
     ix = build_index(toy_ds, toy_split, "sequential")
     train_items = toy_split.train_items()
-    num = {i: int("".join(PIECE_RE.fullmatch(p).group(3) for p in c)) for i, c in ix.codes.items()}
+    num = {i: number_of(c, digit_base(len(ix))) for i, c in ix.codes.items()}
     assert max(num[i] for i in train_items) == len(train_items) - 1
     assert all(num[i] >= len(train_items) for i in set(toy_ds.items) - train_items)
 
