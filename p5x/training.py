@@ -508,6 +508,15 @@ def templates_hash() -> str:
     return h.hexdigest()
 
 
+def trained_families(rows, cfg: TrainConfig) -> list[str]:
+    """The families the rendered rows hold (for 'all': what the data supported), in family order."""
+    if "task" not in rows.column_names:
+        return cfg.families()
+    present = set(rows.unique("task"))
+    from .tasks import EXTRA_FAMILIES, FAMILIES
+    return [f for f in FAMILIES + EXTRA_FAMILIES if f in present]
+
+
 def task_rows(ds, cfg: TrainConfig):
     """(item index, user index, rows of every epoch) from p5x.tasks: the default row source."""
     from .tasks import make_context
@@ -515,8 +524,12 @@ def task_rows(ds, cfg: TrainConfig):
     if cfg.shots:  # exactly N fixed preference rows per epoch, none from held-out users
         from .fewshot import fewshot_task_rows
         return fewshot_task_rows(ds, cfg)
+    from .tasks import resolve_families
+
     ctx = make_context(ds, index_method=cfg.index, seed=cfg.seed)
-    return ctx.index, ctx.user_index, render_epochs(ctx, cfg.families(), cfg.epochs, cfg.seed, cfg.batch_size,
+    # 'all' is the standard families plus those the data supports (preference: ratings and titles)
+    families = resolve_families(ctx, "all") if cfg.tasks == "all" else cfg.families()
+    return ctx.index, ctx.user_index, render_epochs(ctx, families, cfg.epochs, cfg.seed, cfg.batch_size,
                                                     cfg.workers)
 
 
@@ -612,7 +625,7 @@ def train(cfg: TrainConfig, make_rows=task_rows) -> Path:
     meta = {"backbone": cfg.model, "backbone_kind": spec.kind, "pretrained": spec.pretrained,
             "whole_word": cfg.whole_word_embeddings == "on", "max_words": cfg.max_words,
             "max_source_len": cfg.max_source_len, "max_target_len": cfg.max_target_len,
-            "tasks": cfg.families(), "indexing": cfg.index, "seed": cfg.seed, "data_hash": ds.data_hash,
+            "tasks": trained_families(rows, cfg), "indexing": cfg.index, "seed": cfg.seed, "data_hash": ds.data_hash,
             "data_name": ds.name, "templates_hash": templates_hash(),
             "peft": lora_kwargs(cfg) if cfg.peft == "lora" else None, "train_config": asdict(cfg)}
 

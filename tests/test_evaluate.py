@@ -123,3 +123,9 @@ def test_per_kind_and_template_ids_choose_templates(ckpt_dir, toy_ds):
     assert named.template_ids("direct", "seen") == ["direct-2"] and named.template_ids("direct", "unseen") == ["direct-8"]
     few = Evaluator(ck, toy_ds, EvalConfig(ckpt_dir, max_users=3))
     assert few.users() == sorted(few.ctx.split.eval_users("test"))[:3]
+
+
+def test_all_mixture_includes_preference_when_data_allows(ckpt_dir, toy_ds):
+    cfg = json.loads((ckpt_dir / "p5x_config.json").read_text())
+    assert toy_ds.has("rating") and toy_ds.has("title")
+    assert cfg["tasks"] == ["rating", "sequential", "direct", "explanation", "review", "preference"]
