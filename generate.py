@@ -15,6 +15,7 @@ for the user. Output is readable text; --json prints JSON lines.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -57,7 +58,6 @@ class Session:
         import torch
 
         from p5x.checkpoint import load_checkpoint, read_config
-        from p5x.inference import build_item_trie
         from p5x.schema import load_dataset
         from p5x.tasks import make_context
 
@@ -70,8 +70,14 @@ class Session:
         self.ckpt = load_checkpoint(args.checkpoint, data=self.ds, device=device)
         self.ctx = make_context(self.ds, config.get("indexing", "random"), config.get("seed", 0),
                                 index=self.ckpt.index, user_index=self.ckpt.user_index)
-        self.trie = build_item_trie(self.ckpt)
         self.args = args
+
+    @functools.cached_property
+    def trie(self):
+        """The item trie, built only for questions that generate items (sequential)."""
+        from p5x.inference import build_item_trie
+
+        return build_item_trie(self.ckpt)
 
     # -- ids -----------------------------------------------------------------------------------
     def user(self, raw):
