@@ -124,8 +124,9 @@ class Evaluator:
         return {"AUC": M.auc(labels, p) if both else float("nan"),
                 "accuracy": float(((p > 0.5) == (labels > 0.5)).mean()), "n": len(labels)}
 
-    def candidates_by_yes_no(self, family: str, template: Template) -> dict:
-        """Score each user's 100 fixed candidates with a yes/no template; rank by P(yes)."""
+    def candidates_by_yes_no(self, family: str, template: Template) -> tuple[str, dict]:
+        """Score each user's fixed candidates (100, fewer on a small catalogue) with a yes/no
+        template; rank by P(yes). Returns (protocol label, metrics)."""
         cand_rows = render(self.ctx, [family], self.cfg.split,
                            templates=[self._first_of_kind(family, "candidates")], users=self.users())
         prompts, owners = [], []
@@ -142,7 +143,8 @@ class Evaluator:
             sc = p[at:at + len(cands)]
             at += len(cands)
             ranked.append([cands[j] for j in np.argsort(-sc, kind="stable")])
-        return M.ranking_metrics(ranked, cand_rows["item_id"], SAMPLED_KS, SAMPLED_NDCG_KS)
+        return (f"sampled {_one_of(cand_rows['candidates'])}, yes/no scoring",
+                M.ranking_metrics(ranked, cand_rows["item_id"], SAMPLED_KS, SAMPLED_NDCG_KS))
 
     def next_text(self, rows) -> dict:
         """Rank each row's candidates (raw ids) by the log-probability of their titles as the answer."""
@@ -229,12 +231,12 @@ class Evaluator:
         if kind == "next":
             return [("full ranking", self.next_items(rows))]
         if kind == "candidates":
-            return [("sampled 1-of-100, generation", self.candidates_by_generation(rows))]
+            return [(f"sampled {_one_of(rows['candidates'])}, generation", self.candidates_by_generation(rows))]
         if kind in ("yesno", "like", "rating_check", "preference"):
             res = [("yes/no rows", self.yes_no(rows))]
             if kind == "yesno" and family in ("direct", "sequential"):
                 t = next(t for t in self.ctx.templates[family].templates if t.id == rows["template_id"][0])
-                res.append(("sampled 1-of-100, yes/no scoring", self.candidates_by_yes_no(family, t)))
+                res.append(self.candidates_by_yes_no(family, t))
             return res
         if kind in ("rating", "review_rating"):
             return [("all records", self.ratings(rows))]
@@ -245,6 +247,13 @@ class Evaluator:
         if kind == "next_text":
             return [(f"sampled 1-of-{TEXT_CANDIDATES}, title log-prob", self.next_text(rows))]
         return []
+
+
+def _one_of(candidate_lists) -> str:
+    """'1-of-100' (or '1-of-40..100' where a small catalogue leaves some users fewer negatives)."""
+    sizes = {len(c) for c in candidate_lists}
+    lo, hi = min(sizes, default=0), max(sizes, default=0)
+    return f"1-of-{hi}" if lo == hi else f"1-of-{lo}..{hi}"
 
 
 def evaluate(cfg: EvalConfig) -> tuple[list[dict], dict]:

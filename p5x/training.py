@@ -535,7 +535,7 @@ def task_rows(ds, cfg: TrainConfig):
 
 CACHE_DIR = "pretokenized"
 _CACHE_FIELDS = ("tasks", "model", "epochs", "batch_size", "seed", "index", "max_source_len", "max_target_len",
-                 "max_words", "vocab_size")
+                 "max_words", "vocab_size", "shots", "holdout_users", "holdout_seed")
 
 
 def cache_key(cfg: TrainConfig, ds) -> dict:

@@ -145,3 +145,13 @@ def test_parallel_prepare_gives_the_same_rows(toy_dir, tmp_path):
         got[w] = datasets.load_from_disk(str(out / "pretokenized" / "rows"))
     assert len(got[1]) == len(got[2]) > 0
     assert got[1]["input_ids"] == got[2]["input_ids"] and got[1]["labels"] == got[2]["labels"]
+
+
+def test_cache_key_depends_on_the_few_shot_draw(toy_ds, tmp_path):
+    from p5x.training import cache_key
+
+    base = cache_key(_cfg("d", tmp_path, tasks="preference", shots=16), toy_ds)
+    assert base == cache_key(_cfg("d", tmp_path, tasks="preference", shots=16), toy_ds)
+    for change in ({"shots": 64}, {"holdout_users": 10}, {"holdout_seed": 1}, {"seed": 1}):
+        kw = {"tasks": "preference", "shots": 16, **change}
+        assert cache_key(_cfg("d", tmp_path, **kw), toy_ds) != base, change
