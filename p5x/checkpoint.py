@@ -210,7 +210,8 @@ def load_checkpoint(ckpt_dir, data=None, device: str | torch.device = "cpu") -> 
         restore_added_rows(model, ckpt_dir / ADDED_FILE)
     model.to(device).eval()
     featurizer = Featurizer(tokenizer, model.decoder_only, config["whole_word"], config["max_source_len"],
-                            config["max_target_len"], config["max_words"])
+                            config["max_target_len"], config["max_words"],
+                            target_space=config.get("target_space", False))  # absent: written before it existed
     idx = {n: ItemIndex.load(ckpt_dir / f) if (ckpt_dir / f).is_file() else None
            for n, f in (("index", "item_index.json"), ("user_index", "user_index.json"))}
     return Checkpoint(model, tokenizer, featurizer, idx["index"], idx["user_index"], config)

@@ -49,11 +49,19 @@ def whole_word_ids_from_offsets(text: str, offsets, max_words: int) -> list[int]
     return np.minimum(ids, max_words - 1).tolist()
 
 
+def _spaces_are_word_starts(tokenizer) -> bool:
+    """True for byte-level BPE-style tokenizers, where ' yes' and 'yes' encode differently."""
+    a = tokenizer(" yes", add_special_tokens=False)["input_ids"]
+    b = tokenizer("yes", add_special_tokens=False)["input_ids"]
+    return len(a) == len(b) and a != b
+
+
 class Featurizer:
     """A data collator: rows (dicts with 'inputs' and 'targets') -> a dict of tensors."""
 
     def __init__(self, tokenizer, decoder_only: bool, whole_word: bool = True, max_source_len: int = 512,
-                 max_target_len: int = 64, max_words: int = 512, padding_side: str = "right"):
+                 max_target_len: int = 64, max_words: int = 512, padding_side: str = "right",
+                 target_space: bool | None = None):
         if padding_side not in ("left", "right"):
             raise ConfigError(f"padding_side: expected 'left' or 'right', got {padding_side!r}")
         if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
@@ -61,11 +69,31 @@ class Featurizer:
         self.tokenizer, self.decoder_only, self.whole_word = tokenizer, decoder_only, whole_word
         self.max_source_len, self.max_target_len, self.max_words = max_source_len, max_target_len, max_words
         self.padding_side = padding_side
+        # A decoder-only model reads the target right after the prompt. With a byte-level BPE
+        # tokenizer, "yes" glued to the prompt is the rare mid-word token 'yes', not the word 'Ġyes'
+        # a pretrained model puts after a space: SmolLM2 gives it ~e^-9 and a few-shot run spends
+        # its steps learning the glue. So text targets start with a space there. SentencePiece
+        # adds its own word-start mark (no space needed), and id targets (<i0_3>...) are new
+        # tokens either way, so they are left as they are. Checkpoints record the choice.
+        self.target_space = (decoder_only and _spaces_are_word_starts(tokenizer)) if target_space is None \
+            else bool(target_space)
+
+    def target_text(self, text: str) -> str:
+        """The text the target encoder tokenizes for `text` (see target_space)."""
+        if self.target_space and text and not text[0].isspace() and not text.startswith("<"):
+            return " " + text
+        return text
+
+    def answer_ids(self, words: Sequence[str] = ("yes", "no")) -> list[int]:
+        """The first token the model emits for each answer word, as the targets are encoded."""
+        from .tokenization import answer_token_ids
+
+        return answer_token_ids(self.tokenizer, words, prefix=" " if self.target_space else "")
 
     # -- the one target encoder (the decoding trie reuses it) --------------------------------
     def encode_targets(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each target followed by eos, truncated to max_target_len (eos kept)."""
-        enc = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        enc = self.tokenizer([self.target_text(t) for t in texts], add_special_tokens=False)["input_ids"]
         keep = self.max_target_len - 1
         return [ids[:keep] + [self.tokenizer.eos_token_id] for ids in enc]
 

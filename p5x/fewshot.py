@@ -21,8 +21,9 @@ with a handful of rows; AUC does not depend on the prior the model learns. Each 
 seen template, drawn with the same seed; every epoch repeats the same N rows, reshuffled.
 
 Rows of the curve: the untuned model (zero-shot, same prompts and answer tokens), LoRA and full
-fine-tuning at each shot count and seed, and two baselines on the same held-out rows: popularity
-(the target's number of training interactions) and sasrec-sigmoid (p5x.baselines: SASRec with a
+fine-tuning at each shot count and seed, and three baselines on the same held-out rows: popularity
+(the target's number of training interactions), like-rate (the share of liked items among those
+the prompt lists: no learning, and the bar a model reading the prompt has to clear) and sasrec-sigmoid (p5x.baselines: SASRec with a
 P(like) head trained on every user's training part; the held-out users' test interactions stay
 unseen). Output: metrics.json (+ metrics.md, the per-run and mean rows), curve.md and curve.png.
 Runs already recorded in OUT/runs.json are not repeated, so an interrupted sweep resumes.
@@ -177,8 +178,17 @@ def auc_of(ckpt, rows, batch_size: int = 16) -> float:
     return float(M.auc(np.asarray(rows["label"], dtype=float), p))
 
 
+def history_like_rate(history) -> float:
+    """Share of liked (rating > 3) among the rated items the preference prompt shows (the last
+    PREFERENCE_HISTORY of the history); 0.5 when none is rated. No learning at all."""
+    from .tasks import PREFERENCE_HISTORY
+
+    rated = [x.rating > 3 for x in history[-PREFERENCE_HISTORY:] if x.rating is not None]
+    return float(np.mean(rated)) if rated else 0.5
+
+
 def baseline_aucs(ctx, users, epochs: int = 50, seed: int = 0, device: str = "cpu") -> dict[str, float]:
-    """popularity and sasrec-sigmoid AUC on the held-out users' test interactions."""
+    """popularity, history like-rate and sasrec-sigmoid AUC on the held-out users' test interactions."""
     from . import metrics as M
     from .baselines import popularity_counts, score_sasrec, train_sasrec
 
@@ -188,6 +198,8 @@ def baseline_aucs(ctx, users, epochs: int = 50, seed: int = 0, device: str = "cp
     counts = popularity_counts(split, items)
     pos = {iid: k for k, iid in enumerate(items)}
     out = {"popularity": float(M.auc(labels, np.array([counts[pos[x.item_id]] for x in recs])))}
+    rate = [history_like_rate(split.history(u, "test")) for u in users]
+    out["like-rate"] = float(M.auc(labels, np.array(rate)))
     sas = train_sasrec(split, items, "sigmoid", epochs=epochs, seed=seed, device=device, progress=False)
     hist = [[x.item_id for x in split.history(u, "test")] for u in users]
     p = score_sasrec(sas, hist, [[x.item_id] for x in recs])[:, 0]
@@ -214,9 +226,9 @@ class FewShotConfig:
     eval_users: int = 300
     holdout_seed: int = 0
     template: str = EVAL_TEMPLATE
-    epochs: int = 2
+    steps: int = 64        # optimizer steps per run, whatever the shot count (the shots repeat as epochs)
     batch_size: int = 8
-    lr_lora: float = 1e-3
+    lr_lora: float = 1e-4
     lr_full: float = 5e-5
     lora_rank: int = 8
     lora_alpha: int = 16
@@ -237,8 +249,10 @@ class FewShotConfig:
 def _train_one(cfg: FewShotConfig, peft: str, shots: int, seed: int, out: Path) -> Path:
     from .training import TrainConfig, train
 
-    tc = TrainConfig(data=cfg.data, tasks="preference", model=cfg.model, output=str(out), epochs=cfg.epochs,
-                     batch_size=cfg.batch_size, lr=cfg.lr_lora if peft == "lora" else cfg.lr_full, seed=seed,
+    epochs = -(-cfg.steps * cfg.batch_size // shots)  # enough passes over the shots for cfg.steps
+    tc = TrainConfig(data=cfg.data, tasks="preference", model=cfg.model, output=str(out), epochs=epochs,
+                     max_steps=cfg.steps, warmup_steps=cfg.steps // 10, batch_size=cfg.batch_size,
+                     lr=cfg.lr_lora if peft == "lora" else cfg.lr_full, seed=seed,
                      whole_word_embeddings="off", peft=peft, lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
                      lora_targets=cfg.lora_targets if peft == "lora" else "", max_source_len=cfg.max_source_len,
                      max_target_len=4, shots=shots, holdout_users=cfg.eval_users, holdout_seed=cfg.holdout_seed,
@@ -319,7 +333,7 @@ def summarize(runs: list[dict]) -> list[dict]:
     groups: dict[tuple, list[float]] = {}
     for r in runs:
         groups.setdefault((r["method"], r["shots"]), []).append(r["AUC"])
-    order = {"zero-shot": 0, "popularity": 1, "sasrec-sigmoid": 2, "lora": 3, "full": 4}
+    order = {"zero-shot": 0, "popularity": 1, "like-rate": 2, "sasrec-sigmoid": 3, "lora": 4, "full": 5}
     out = []
     for (method, shots), aucs in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 9), kv[0][1])):
         a = np.asarray(aucs, dtype=float)
@@ -353,7 +367,7 @@ def plot_curve(runs: list[dict], path: Path) -> None:
         xs = sorted({s for s, _ in pts})
         ax.scatter(*zip(*pts), color=color, alpha=0.5, s=14)
         ax.plot(xs, [np.mean([a for s, a in pts if s == x]) for x in xs], "-o", color=color, label=method)
-    for k, method in enumerate(("zero-shot", "popularity", "sasrec-sigmoid")):
+    for k, method in enumerate(("zero-shot", "popularity", "like-rate", "sasrec-sigmoid")):
         a = [r["AUC"] for r in runs if r["method"] == method]
         if a:
             ax.axhline(float(np.mean(a)), ls="--", color=f"C{k + 4}", label=method)
@@ -410,7 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--eval-users", type=int, default=d.eval_users, help="held-out users (0: all; default: 300)")
     ap.add_argument("--holdout-seed", type=int, default=d.holdout_seed, help="seed of the held-out draw")
     ap.add_argument("--template", default=d.template, help=f"evaluation template id (default: {d.template})")
-    ap.add_argument("--epochs", type=int, default=d.epochs, help=f"passes over the shots (default: {d.epochs})")
+    ap.add_argument("--steps", type=int, default=d.steps,
+                    help=f"optimizer steps per run at every shot count; the shots repeat as epochs (default: {d.steps})")
     ap.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default: {d.batch_size}")
     ap.add_argument("--lr-lora", type=float, default=d.lr_lora, help=f"LoRA learning rate (default: {d.lr_lora})")
     ap.add_argument("--lr-full", type=float, default=d.lr_full, help=f"full fine-tuning lr (default: {d.lr_full})")
@@ -435,7 +450,7 @@ def main(argv=None) -> int:
         cfg = FewShotConfig(a.data, a.out, a.model, _ints(a.shots, "--shots"), _ints(a.seeds, "--seeds"), peft,
                             _ints(a.full_shots, "--full-shots"),
                             _ints(a.full_seeds, "--full-seeds") if a.full_seeds else None, a.eval_users, a.holdout_seed, a.template,
-                            a.epochs, a.batch_size, a.lr_lora, a.lr_full, a.lora_rank, a.lora_alpha,
+                            a.steps, a.batch_size, a.lr_lora, a.lr_full, a.lora_rank, a.lora_alpha,
                             a.lora_targets, a.max_source_len, a.sasrec_epochs, a.eval_batch,
                             a.keep_checkpoints, not a.no_zero_shot, a.device)
         runs, meta = run_sweep(cfg, log=lambda m: print(m, flush=True))

@@ -21,7 +21,6 @@ import torch
 from tqdm.auto import tqdm
 
 from .decoding import ItemTrie, TrieLogitsProcessor
-from .tokenization import answer_token_ids
 
 
 def _device(model) -> torch.device:
@@ -99,7 +98,7 @@ def yes_probability(ckpt, prompts: Sequence[str], batch_size: int = 64, desc: st
                     progress: bool = True) -> np.ndarray:
     """P(yes) / (P(yes) + P(no)) at the first answer position, per prompt."""
     ckpt.model.eval()
-    yes_id, no_id = answer_token_ids(ckpt.tokenizer, ("yes", "no"))
+    yes_id, no_id = ckpt.featurizer.answer_ids(("yes", "no"))
     out = []
     for s, e in _batches(len(prompts), batch_size, desc, progress):
         batch = _encode(ckpt, prompts[s:e])

@@ -93,15 +93,15 @@ def check_pieces_atomic(tokenizer, pieces: Sequence[str]) -> None:
             raise ConfigError(f"tokenizer: id piece {p!r} is not one token ({len(ids)} tokens)")
 
 
-def answer_token_ids(tokenizer, words: Sequence[str] = ("yes", "no")) -> list[int]:
+def answer_token_ids(tokenizer, words: Sequence[str] = ("yes", "no"), prefix: str = "") -> list[int]:
     """The token id that starts each answer word, looked up at run time (never hard-coded).
 
     The answer is the first token the model emits for the word, i.e. the first token of the target
-    encoding (p5x.features.Featurizer.encode_target): '▁yes' for SentencePiece, 'yes' for byte-level
-    BPE. Raises ConfigError when two words start with the same token (e.g. a bare '▁' piece), since
+    encoding (p5x.features.Featurizer.encode_target, which passes its target prefix): '▁yes' for
+    SentencePiece, 'Ġyes' for byte-level BPE (prefix ' '). Raises ConfigError when two words start with the same token (e.g. a bare '▁' piece), since
     their logits could not tell them apart.
     """
-    enc = tokenizer(list(words), add_special_tokens=False)["input_ids"]
+    enc = tokenizer([prefix + w for w in words], add_special_tokens=False)["input_ids"]
     out = []
     for w, ids in zip(words, enc):
         if not ids:

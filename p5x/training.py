@@ -534,13 +534,14 @@ def task_rows(ds, cfg: TrainConfig):
 
 
 CACHE_DIR = "pretokenized"
+CACHE_FORMAT = 2  # bump when the encoding of rows changes (2: decoder-only text targets after a space)
 _CACHE_FIELDS = ("tasks", "model", "epochs", "batch_size", "seed", "index", "max_source_len", "max_target_len",
                  "max_words", "vocab_size", "shots", "holdout_users", "holdout_seed")
 
 
 def cache_key(cfg: TrainConfig, ds) -> dict:
     """What the pre-tokenized rows depend on; a cache with another key is rebuilt, never reused."""
-    return {"data_hash": ds.data_hash, "templates_hash": templates_hash(),
+    return {"data_hash": ds.data_hash, "templates_hash": templates_hash(), "format": CACHE_FORMAT,
             **{k: getattr(cfg, k) for k in _CACHE_FIELDS}}
 
 
@@ -624,7 +625,7 @@ def train(cfg: TrainConfig, make_rows=task_rows) -> Path:
     model = build_model(cfg, spec, tokenizer)
     meta = {"backbone": cfg.model, "backbone_kind": spec.kind, "pretrained": spec.pretrained,
             "whole_word": cfg.whole_word_embeddings == "on", "max_words": cfg.max_words,
-            "max_source_len": cfg.max_source_len, "max_target_len": cfg.max_target_len,
+            "target_space": featurizer.target_space, "max_source_len": cfg.max_source_len, "max_target_len": cfg.max_target_len,
             "tasks": trained_families(rows, cfg), "indexing": cfg.index, "seed": cfg.seed, "data_hash": ds.data_hash,
             "data_name": ds.name, "templates_hash": templates_hash(),
             "peft": lora_kwargs(cfg) if cfg.peft == "lora" else None, "train_config": asdict(cfg)}

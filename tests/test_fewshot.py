@@ -19,7 +19,7 @@ from p5x import fewshot as F
 from p5x.checkpoint import load_checkpoint, merge_lora
 from p5x.errors import CheckpointError, ConfigError
 from p5x.tasks import make_context, render
-from p5x.tokenization import answer_token_ids, train_sentencepiece
+from p5x.tokenization import add_pieces, answer_token_ids, train_sentencepiece
 from p5x.training import TrainConfig, task_rows, train
 
 torch.set_num_threads(1)
@@ -150,17 +150,19 @@ def test_lora_on_id_families_reloads_the_added_id_rows(toy_dir, local_llama, tmp
 def _check_answers(tok):
     from p5x.features import Featurizer
 
-    yes, no = answer_token_ids(tok, ("yes", "no"))
-    assert yes != no
     fz = Featurizer(tok, decoder_only=True, whole_word=False)
-    assert fz.encode_target("yes")[0] == yes and fz.encode_target("no")[0] == no
+    yes, no = fz.answer_ids(("yes", "no"))
+    assert yes != no
+    assert fz.encode_target("yes")[0] == yes and fz.encode_target("no")[0] == no  # what training teaches
     assert tok.decode([yes]).strip() == "yes" and tok.decode([no]).strip() == "no"
+    return fz, yes, no
 
 
 def test_answer_tokens_sentencepiece(local_llama):
     from transformers import AutoTokenizer
 
-    _check_answers(AutoTokenizer.from_pretrained(local_llama))
+    fz, _, _ = _check_answers(AutoTokenizer.from_pretrained(local_llama))
+    assert not fz.target_space  # SentencePiece marks word starts itself
 
 
 @pytest.mark.slow
@@ -169,8 +171,12 @@ def test_answer_tokens_smollm2():
     from p5x.modeling import BACKBONES, load_pretrained_tokenizer
 
     tok = load_pretrained_tokenizer(BACKBONES["smollm2-135m"])
-    _check_answers(tok)
+    fz, yes, no = _check_answers(tok)
     assert answer_token_ids(tok, ("yes", "no")) != answer_token_ids(tok, ("Yes", "No"))  # case matters
+    # byte-level BPE: the answer is the word after a space, not the mid-word piece glued to the prompt
+    assert fz.target_space and tok.decode([yes]) == " yes" and yes != answer_token_ids(tok, ("yes",))[0]
+    add_pieces(tok, ["<i0_3>", "<i1_7>"])
+    assert tok.convert_ids_to_tokens(fz.encode_target("<i0_3><i1_7>")[:2]) == ["<i0_3>", "<i1_7>"]  # ids: no space
 
 
 # -- the curve CLI ----------------------------------------------------------------------------------
@@ -178,20 +184,32 @@ def test_answer_tokens_smollm2():
 def test_fewshot_cli_end_to_end(toy_dir, local_llama, tmp_path, capsys):
     out = tmp_path / "curve"
     argv = ["--data", str(toy_dir), "--model", local_llama, "--shots", "4,8", "--seeds", "0,1", "--peft", "lora,none",
-            "--full-shots", "8", "--eval-users", "12", "--epochs", "1", "--batch-size", "4", "--sasrec-epochs", "2",
+            "--full-shots", "8", "--eval-users", "12", "--steps", "2", "--batch-size", "4", "--sasrec-epochs", "2",
             "--max-source-len", "256", "--lora-targets", "q_proj,v_proj", "--out", str(out)]
     assert F.main(argv) == 0
     runs = json.loads((out / "runs.json").read_text())
     methods = [(r["method"], r["shots"]) for r in runs if r["AUC"] is not None]
-    assert sorted(methods) == sorted([("popularity", 0), ("sasrec-sigmoid", 0), ("zero-shot", 0)]
+    assert sorted(methods) == sorted([("popularity", 0), ("like-rate", 0), ("sasrec-sigmoid", 0), ("zero-shot", 0)]
                                      + [("lora", n) for n in (4, 4, 8, 8)] + [("full", 8)] * 2)
     assert all(0.0 <= r["AUC"] <= 1.0 for r in runs if r["AUC"] is not None)
     res = json.loads((out / "metrics.json").read_text())
     assert res["meta"]["eval_users"] == 12 and res["meta"]["data_hash"]
-    assert {r["model"] for r in res["rows"]} == {"popularity", "sasrec-sigmoid", "zero-shot", "lora", "full"}
+    assert {r["model"] for r in res["rows"]} == {"popularity", "like-rate", "sasrec-sigmoid", "zero-shot", "lora",
+                                                  "full"}
     assert (out / "curve.png").stat().st_size > 1000 and "| lora | 8 |" in (out / "curve.md").read_text()
     assert not (out / "runs" / "lora-4-s0").exists()  # checkpoints dropped unless --keep-checkpoints
     assert F.main(argv) == 0  # resumes: nothing is run twice
     assert len(json.loads((out / "runs.json").read_text())) == len(runs)
     assert F.main(argv[:-2] + ["--peft", "adapter", "--out", str(out)]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_history_like_rate_reads_the_prompt_window():
+    from p5x.schema import Interaction
+    from p5x.tasks import PREFERENCE_HISTORY
+
+    x = lambda r: Interaction("u", "i", rating=r)  # noqa: E731
+    assert F.history_like_rate([]) == 0.5 and F.history_like_rate([x(None)]) == 0.5
+    assert F.history_like_rate([x(5), x(1), x(4), x(None)]) == pytest.approx(2 / 3)
+    old_likes = [x(5)] * 30 + [x(2)] * PREFERENCE_HISTORY  # only the last PREFERENCE_HISTORY count
+    assert F.history_like_rate(old_likes) == 0.0
