@@ -198,3 +198,63 @@ class P5XModel(nn.Module):
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         return {n: p for n, p in self.named_parameters() if p.requires_grad}
+
+
+# ----------------------------------------------------------------------------------------------
+# export: a pretrained backbone as a plain local HF directory
+
+
+def export_backbone(name: str, out_dir) -> Path:
+    """Write backbone `name` (with its tokenizer) as a local HF checkpoint directory.
+
+    For smollm2-135m this dequantizes the GGUF file once: the directory then loads in about a
+    second (`--model OUT`) instead of being dequantized on every run. Written to a temporary
+    folder beside OUT and renamed into place; an existing OUT is refused.
+    """
+    import shutil
+    import tempfile
+
+    spec = resolve_backbone(name)
+    if spec.pretrained is None:
+        raise ConfigError(f"--model {name}: has no pretrained weights to export (it is built from config)")
+    out = Path(out_dir)
+    if out.exists():
+        raise ConfigError(f"{out}: already exists; give a new directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tok = load_pretrained_tokenizer(spec)
+    model = build_backbone(spec, tok)
+    tmp = Path(tempfile.mkdtemp(prefix="." + out.name + ".", dir=out.parent))
+    try:
+        model.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+        tmp.replace(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def main(argv=None) -> int:
+    import argparse
+    import sys
+
+    from .errors import P5XError
+
+    ap = argparse.ArgumentParser(prog="python -m p5x.modeling",
+                                 description="Export a pretrained backbone as a local HF directory (fast to load).")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    ex = sub.add_parser("export", help="write BACKBONE's weights and tokenizer to OUT (e.g. smollm2-135m)")
+    ex.add_argument("backbone", help=f"a registered pretrained backbone ({', '.join(n for n, s in BACKBONES.items() if s.pretrained)}) or a local directory")
+    ex.add_argument("out", help="new output directory; use it afterwards as --model OUT")
+    a = ap.parse_args(argv)
+    try:
+        out = export_backbone(a.backbone, a.out)
+    except P5XError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out} (use --model {out})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

