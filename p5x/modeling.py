@@ -223,6 +223,14 @@ def export_backbone(name: str, out_dir) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tok = load_pretrained_tokenizer(spec)
     model = build_backbone(spec, tok)
+    if getattr(model.config, "quantization_config", None) is not None:
+        # a GGUF-loaded model refuses save_pretrained; its weights are already dequantized, so they
+        # move into a fresh model of the same class whose config has no quantization entry
+        conf = model.config.to_dict()
+        conf.pop("quantization_config")
+        fresh = type(model)(type(model.config).from_dict(conf))
+        fresh.load_state_dict(model.state_dict(), strict=True)
+        model = fresh
     tmp = Path(tempfile.mkdtemp(prefix="." + out.name + ".", dir=out.parent))
     try:
         model.save_pretrained(str(tmp))
