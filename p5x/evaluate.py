@@ -38,7 +38,7 @@ from . import metrics as M
 from .errors import ConfigError, P5XError, close_matches
 from .inference import build_item_trie, generate_text, rank_items, target_logprob, yes_probability
 from .schema import load_dataset
-from .tasks import TEXT_CANDIDATES, history_text, make_context, render, resolve_families
+from .tasks import history_text, make_context, render, resolve_families
 from .templates import Template
 
 SEQ_KS = (5, 10, 20)
@@ -245,7 +245,7 @@ class Evaluator:
         if kind == "summary":
             return [("all records", self.texts(rows, M.bleu2))]
         if kind == "next_text":
-            return [(f"sampled 1-of-{TEXT_CANDIDATES}, title log-prob", self.next_text(rows))]
+            return [(f"sampled {_one_of(rows['candidates'])}, title log-prob", self.next_text(rows))]
         return []
 
 

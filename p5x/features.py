@@ -53,7 +53,7 @@ def _spaces_are_word_starts(tokenizer) -> bool:
     """True for byte-level BPE-style tokenizers, where ' yes' and 'yes' encode differently."""
     a = tokenizer(" yes", add_special_tokens=False)["input_ids"]
     b = tokenizer("yes", add_special_tokens=False)["input_ids"]
-    return len(a) == len(b) and a != b
+    return bool(a) and a != b and tokenizer.decode(a[:1]).startswith(" ")
 
 
 class Featurizer:
@@ -86,9 +86,11 @@ class Featurizer:
 
     def answer_ids(self, words: Sequence[str] = ("yes", "no")) -> list[int]:
         """The first token the model emits for each answer word, as the targets are encoded."""
-        from .tokenization import answer_token_ids
-
-        return answer_token_ids(self.tokenizer, words, prefix=" " if self.target_space else "")
+        ids = [self.encode_target(w)[0] for w in words]
+        if len(set(ids)) != len(ids):
+            raise ConfigError(f"tokenizer: answer words {list(words)} share a first token "
+                              f"{self.tokenizer.convert_ids_to_tokens(ids[0])!r}")
+        return ids
 
     # -- the one target encoder (the decoding trie reuses it) --------------------------------
     def encode_targets(self, texts: Sequence[str]) -> list[list[int]]:

@@ -260,6 +260,36 @@ def _train_one(cfg: FewShotConfig, peft: str, shots: int, seed: int, out: Path) 
     return train(tc)
 
 
+PROTOCOL_FIELDS = ("model", "template", "eval_users", "holdout_seed", "steps", "batch_size", "lr_lora", "lr_full",
+                   "lora_rank", "lora_alpha", "lora_targets", "max_source_len", "sasrec_epochs")
+BASELINES = ("popularity", "like-rate", "sasrec-sigmoid")
+
+
+def protocol_of(cfg: FewShotConfig, ds) -> dict:
+    """What a run's AUC depends on besides (method, shots, seed): runs recorded under another
+    protocol are never mixed into a sweep (OUT/protocol.json)."""
+    from .training import CACHE_FORMAT, templates_hash
+
+    return {"data_hash": ds.data_hash, "templates_hash": templates_hash(), "encoding_format": CACHE_FORMAT,
+            **{k: getattr(cfg, k) for k in PROTOCOL_FIELDS}}
+
+
+def check_protocol(out: Path, protocol: dict) -> None:
+    """Refuse an OUT whose recorded runs came from another protocol; record it for a fresh OUT."""
+    path, runs = out / "protocol.json", out / "runs.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        diff = [k for k in sorted(set(old) | set(protocol)) if old.get(k) != protocol.get(k)]
+        if diff:
+            k = diff[0]
+            raise ConfigError(f"{path}: field '{k}': these runs used {old.get(k)!r}, this sweep {protocol.get(k)!r}; "
+                              f"give a new --out (or the same options) rather than mix them")
+    elif runs.is_file() and _load_runs(runs):
+        raise ConfigError(f"{runs}: runs recorded without a protocol.json (an older p5x); give a new --out")
+    else:
+        _save_json(path, protocol)
+
+
 def _load_runs(path: Path) -> list[dict]:
     return json.loads(path.read_text()) if path.is_file() else []
 
@@ -283,6 +313,7 @@ def run_sweep(cfg: FewShotConfig, log=print) -> tuple[list[dict], dict]:
     users = holdout_users(ctx.split, cfg.eval_users, cfg.holdout_seed)
     rows = eval_rows(ctx, users, cfg.template)
     log(f"{len(rows)} held-out rows, {sum(rows['label']):.0f} liked")
+    check_protocol(out, protocol_of(cfg, ds))
     runs_path = out / "runs.json"
     dev = cfg.torch_device()
     runs = _load_runs(runs_path)
@@ -293,12 +324,11 @@ def run_sweep(cfg: FewShotConfig, log=print) -> tuple[list[dict], dict]:
         _save_json(runs_path, runs)
         log(f"{method:>15} shots={shots:<4} seed={seed}: AUC {auc:.4f} ({seconds:.0f} s)")
 
-    if "baselines" not in {m for m, _, _ in done}:
+    if set(BASELINES) - {m for m, _, _ in done}:
         t = time.time()
         for name, auc in baseline_aucs(ctx, users, cfg.sasrec_epochs, cfg.holdout_seed, dev).items():
-            record(name, 0, cfg.holdout_seed, auc, time.time() - t)
-        runs.append({"method": "baselines", "shots": 0, "seed": 0, "AUC": None, "seconds": 0})
-        _save_json(runs_path, runs)
+            if (name, 0, cfg.holdout_seed) not in done:
+                record(name, 0, cfg.holdout_seed, auc, time.time() - t)
     if cfg.zero_shot and ("zero-shot", 0, 0) not in done:
         t = time.time()
         ck = untuned_checkpoint(cfg.model, ctx.index, ctx.user_index, max_source_len=cfg.max_source_len)
@@ -444,6 +474,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     try:
+        if a.steps < 1:
+            raise ConfigError(f"--steps: must be at least 1, got {a.steps}")
+        if min(_ints(a.shots, "--shots")) < 1:
+            raise ConfigError(f"--shots: every count must be at least 1, got {a.shots!r}")
         peft = [p.strip() for p in a.peft.split(",") if p.strip()]
         if not peft or set(peft) - {"lora", "none"}:
             raise ConfigError(f"--peft: expected lora, none or lora,none, got {a.peft!r}")

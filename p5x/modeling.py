@@ -235,6 +235,7 @@ def export_backbone(name: str, out_dir) -> Path:
     try:
         model.save_pretrained(str(tmp))
         tok.save_pretrained(str(tmp))
+        tmp.chmod(0o755)  # mkdtemp makes it owner-only
         tmp.replace(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -613,8 +613,13 @@ def train(cfg: TrainConfig, make_rows=task_rows) -> Path:
         pieces = list(index.pieces()) + (list(user_index.pieces()) if user_index is not None else [])
         tokenizer = build_tokenizer(cfg, spec, pieces, rows.select(range(min(len(rows), 200_000))), ds,
                                     resume_from)
+    # a resumed run keeps the target encoding it started with (absent: written before the key existed)
+    target_space = None
+    if resume_from is not None:
+        from .checkpoint import read_config
+        target_space = read_config(resume_from).get("target_space", False)
     featurizer = Featurizer(tokenizer, spec.decoder_only, cfg.whole_word_embeddings == "on",
-                            cfg.max_source_len, cfg.max_target_len, cfg.max_words)
+                            cfg.max_source_len, cfg.max_target_len, cfg.max_words, target_space=target_space)
     if cfg.pretokenize and cached is None:
         rows = pretokenize(rows, featurizer, cfg.workers)
         save_cache(out, key, index, user_index, tokenizer, rows)

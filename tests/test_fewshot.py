@@ -202,6 +202,11 @@ def test_fewshot_cli_end_to_end(toy_dir, local_llama, tmp_path, capsys):
     assert len(json.loads((out / "runs.json").read_text())) == len(runs)
     assert F.main(argv[:-2] + ["--peft", "adapter", "--out", str(out)]) == 2
     assert "error:" in capsys.readouterr().err
+    # another protocol never mixes into recorded runs: refused before anything runs
+    assert F.main(argv + ["--steps", "3"]) == 2
+    assert "protocol.json: field 'steps'" in capsys.readouterr().err
+    assert F.main(argv[:-2] + ["--shots", "0", "--out", str(out)]) == 2
+    assert len(json.loads((out / "runs.json").read_text())) == len(runs)
 
 
 def test_history_like_rate_reads_the_prompt_window():
