@@ -23,9 +23,9 @@ seen template, drawn with the same seed; every epoch repeats the same N rows, re
 Rows of the curve: the untuned model (zero-shot, same prompts and answer tokens), LoRA and full
 fine-tuning at each shot count and seed, and three baselines on the same held-out rows: popularity
 (the target's number of training interactions), like-rate (the share of liked items among those
-the prompt lists: no learning, and the bar a model reading the prompt has to clear) and sasrec-sigmoid (p5x.baselines: SASRec with a
-P(like) head trained on every user's training part; the held-out users' test interactions stay
-unseen). Output: metrics.json (+ metrics.md, the per-run and mean rows), curve.md and curve.png.
+the prompt lists: no learning, and the bar a model reading the prompt has to clear) and
+sasrec-sigmoid (p5x.baselines: SASRec with a P(like) head trained on every user's training part;
+the held-out users' test interactions stay unseen). Output: metrics.json (+ metrics.md, the per-run and mean rows), curve.md and curve.png.
 Runs already recorded in OUT/runs.json are not repeated, so an interrupted sweep resumes.
 """
 
@@ -181,9 +181,9 @@ def auc_of(ckpt, rows, batch_size: int = 16) -> float:
 def history_like_rate(history) -> float:
     """Share of liked (rating > 3) among the rated items the preference prompt shows (the last
     PREFERENCE_HISTORY of the history); 0.5 when none is rated. No learning at all."""
-    from .tasks import PREFERENCE_HISTORY
+    from .tasks import preference_window
 
-    rated = [x.rating > 3 for x in history[-PREFERENCE_HISTORY:] if x.rating is not None]
+    rated = [x.rating > 3 for x in preference_window(history)]
     return float(np.mean(rated)) if rated else 0.5
 
 

@@ -379,11 +379,17 @@ def _user_samples(ctx, family: str, kind: str, user: str, history: list[Interact
     raise ConfigError(f"template kind {kind!r} is not known to family {family!r}")
 
 
+def preference_window(history) -> list[Interaction]:
+    """The rated interactions a preference prompt lists: the rated ones among the last
+    PREFERENCE_HISTORY of the history, oldest first (p5x.fewshot's like-rate reads the same)."""
+    return [x for x in history[-PREFERENCE_HISTORY:] if x.rating is not None]
+
+
 def _preference_sample(ctx, user, history, target) -> list[Sample]:
     if target.rating is None or not history:
         return []
     title = lambda x: ctx.ds.items[x.item_id].title or x.item_id  # noqa: E731
-    recent = [x for x in history[-PREFERENCE_HISTORY:] if x.rating is not None]
+    recent = preference_window(history)
     liked = " ; ".join(title(x) for x in recent if x.rating > 3) or "none"
     disliked = " ; ".join(title(x) for x in recent if x.rating <= 3) or "none"
     like = target.rating > 3

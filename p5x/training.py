@@ -630,7 +630,8 @@ def train(cfg: TrainConfig, make_rows=task_rows) -> Path:
     model = build_model(cfg, spec, tokenizer)
     meta = {"backbone": cfg.model, "backbone_kind": spec.kind, "pretrained": spec.pretrained,
             "whole_word": cfg.whole_word_embeddings == "on", "max_words": cfg.max_words,
-            "target_space": featurizer.target_space, "max_source_len": cfg.max_source_len, "max_target_len": cfg.max_target_len,
+            "target_space": featurizer.target_space, "max_source_len": cfg.max_source_len,
+            "max_target_len": cfg.max_target_len,
             "tasks": trained_families(rows, cfg), "indexing": cfg.index, "seed": cfg.seed, "data_hash": ds.data_hash,
             "data_name": ds.name, "templates_hash": templates_hash(),
             "peft": lora_kwargs(cfg) if cfg.peft == "lora" else None, "train_config": asdict(cfg)}
