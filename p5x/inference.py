@@ -102,8 +102,8 @@ def yes_probability(ckpt, prompts: Sequence[str], batch_size: int = 64, desc: st
     out = []
     for s, e in _batches(len(prompts), batch_size, desc, progress):
         batch = _encode(ckpt, prompts[s:e])
-        if ckpt.model.decoder_only:
-            logits = ckpt.model(**batch).logits[:, -1]  # prompts are left-padded: last = next token
+        if ckpt.model.decoder_only:  # prompts are left-padded: the last position reads the answer
+            logits = ckpt.model(**batch, logits_to_keep=1).logits[:, -1]
         else:
             start = ckpt.model.backbone.config.decoder_start_token_id
             dec = torch.full((e - s, 1), start, dtype=torch.long, device=batch["input_ids"].device)

@@ -174,15 +174,38 @@ class P5XModel(nn.Module):
         # left padding shifts the prompt; positions must count real tokens only
         return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
-    def forward(self, input_ids, attention_mask, whole_word_ids=None, labels=None, decoder_input_ids=None):
+    def forward(self, input_ids, attention_mask, whole_word_ids=None, labels=None, decoder_input_ids=None,
+                logits_to_keep: int = 0):
         # no **kwargs: HF Trainer reads a catch-all as "computes its own loss normalisation"
+        # logits_to_keep (decoder-only, scoring): logits of the last N positions only (0: all);
+        # the vocabulary projection is a fifth of SmolLM2's forward FLOPs at every position
         embeds = self.embed(input_ids, whole_word_ids)
         extra = {"position_ids": self._positions(attention_mask)} if self.decoder_only else {}
+        if logits_to_keep:
+            if not self.decoder_only or labels is not None:
+                raise ConfigError("logits_to_keep: for scoring a decoder-only model (no labels) only")
+            extra["logits_to_keep"] = logits_to_keep
         if decoder_input_ids is not None:  # scoring the first answer step (yes/no) on T5
             if self.decoder_only:
                 raise ConfigError("decoder_input_ids: a decoder-only model has no decoder inputs")
             extra["decoder_input_ids"] = decoder_input_ids
+        if self.decoder_only and labels is not None:
+            return self._answer_loss(embeds, attention_mask, labels, extra)
         return self.backbone(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **extra)
+
+    def _answer_loss(self, embeds, attention_mask, labels, extra):
+        """Decoder-only training: vocabulary logits only from the position before the batch's first
+        label on (left-padded batches put every answer at the end, so that is a few positions
+        rather than the whole prompt), and the usual shifted token cross-entropy over them. Same
+        loss as the backbone's own; its logits are those of the last `logits.shape[1]` positions."""
+        seen = (labels != -100).any(0)
+        first = int(seen.float().argmax()) if bool(seen.any()) else labels.shape[1] - 1
+        keep = labels.shape[1] - max(first, 1) + 1
+        out = self.backbone(inputs_embeds=embeds, attention_mask=attention_mask, logits_to_keep=keep, **extra)
+        logits, tgt = out.logits[:, :-1], labels[:, labels.shape[1] - keep + 1:]
+        out.loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tgt.reshape(-1),
+                                                     ignore_index=-100)
+        return out
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask, whole_word_ids=None, **generate_kwargs):

@@ -77,6 +77,8 @@ class TrainConfig:
     time_limit: float = field(default=0.0, metadata={"help": "stop after this many seconds of training with a resumable checkpoint (0: no limit); --resume goes on"})
     deepspeed: str = field(default="", metadata={"help": "DeepSpeed JSON config (launch with the deepspeed launcher)"})
     use_cpu: bool = field(default=False, metadata={"help": "train on CPU even when CUDA is present"})
+    bf16: str = field(default="auto", metadata={"help": "bf16 mixed precision: auto (on CUDA only), on (also on a "
+                                                "CPU with bf16 units: autocast, fp32 master weights) or off"})
     local_rank: int = field(default=-1, metadata={"help": "set by the distributed launcher"})
 
     def families(self) -> list[str]:
@@ -94,7 +96,8 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         for name, allowed in (("index", ("random", "sequential", "collaborative")),
-                              ("whole_word_embeddings", ("on", "off")), ("peft", ("none", "lora"))):
+                              ("whole_word_embeddings", ("on", "off")), ("peft", ("none", "lora")),
+                              ("bf16", ("auto", "on", "off"))):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"--{name.replace('_', '-')}: expected one of {', '.join(allowed)}, "
                                   f"got {getattr(self, name)!r}")
@@ -266,7 +269,8 @@ def _make_trainer_class():
 
         def _family_losses(self, logits, labels, task_ids, model):
             decoder_only = getattr(self.accelerator.unwrap_model(model), "decoder_only", False)
-            if decoder_only:  # position t predicts token t + 1
+            if decoder_only:  # logits of the last positions only (P5XModel._answer_loss); t predicts t + 1
+                labels = labels[:, labels.shape[1] - logits.shape[1]:]
                 logits, labels = logits[:, :-1], labels[:, 1:]
             tok = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100,
                                                     reduction="none")
@@ -460,11 +464,12 @@ def training_arguments(cfg: TrainConfig):
     from transformers import TrainingArguments
 
     cuda = torch.cuda.is_available() and not cfg.use_cpu
+    bf16 = cuda if cfg.bf16 == "auto" else cfg.bf16 == "on"
     return TrainingArguments(
         output_dir=cfg.output, num_train_epochs=1, max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.lr, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
-        lr_scheduler_type="linear", seed=cfg.seed, data_seed=cfg.seed, bf16=cuda, use_cpu=cfg.use_cpu,
+        lr_scheduler_type="linear", seed=cfg.seed, data_seed=cfg.seed, bf16=bf16, use_cpu=cfg.use_cpu,
         deepspeed=cfg.deepspeed or None, save_strategy="steps", save_steps=cfg.save_steps,
         logging_steps=cfg.logging_steps, report_to=["tensorboard"], remove_unused_columns=False,
         train_sampling_strategy="sequential",  # epochs are pre-shuffled; keeps resume exact
@@ -588,10 +593,12 @@ def last_checkpoint(output: Path) -> Path | None:
     return Path(c) if output.is_dir() and (c := get_last_checkpoint(str(output))) else None
 
 
-def train(cfg: TrainConfig, make_rows=task_rows) -> Path:
+def train(cfg: TrainConfig, make_rows=task_rows, callbacks=()) -> Path:
     """Run one training; returns the output directory holding the final checkpoint.
 
     make_rows(ds, cfg) -> (item index, user index, datasets.Dataset of rows, all epochs in order).
+    callbacks: factories featurizer -> transformers.TrainerCallback (p5x.fewshot's validation
+    selection scores prompts with the run's featurizer).
     """
     from .features import Featurizer
     from .modeling import resolve_backbone
@@ -618,8 +625,11 @@ def train(cfg: TrainConfig, make_rows=task_rows) -> Path:
     if resume_from is not None:
         from .checkpoint import read_config
         target_space = read_config(resume_from).get("target_space", False)
+    # decoder-only batches are left-padded so every answer ends the row and the loss needs the
+    # vocabulary logits of only the last few positions (P5XModel._answer_loss)
     featurizer = Featurizer(tokenizer, spec.decoder_only, cfg.whole_word_embeddings == "on",
-                            cfg.max_source_len, cfg.max_target_len, cfg.max_words, target_space=target_space)
+                            cfg.max_source_len, cfg.max_target_len, cfg.max_words,
+                            padding_side="left" if spec.decoder_only else "right", target_space=target_space)
     if cfg.pretokenize and cached is None:
         rows = pretokenize(rows, featurizer, cfg.workers)
         save_cache(out, key, index, user_index, tokenizer, rows)
@@ -644,7 +654,8 @@ def train(cfg: TrainConfig, make_rows=task_rows) -> Path:
     trainer_cls.p5x_save = staticmethod(save)
     collator = TimedCollator(PaddingCollator(featurizer) if cfg.pretokenize else featurizer)
     trainer = trainer_cls(model=model, args=training_arguments(cfg), train_dataset=rows, data_collator=collator,
-                          callbacks=[time_limit_callback(cfg.time_limit)] if cfg.time_limit > 0 else None)
+                          callbacks=([time_limit_callback(cfg.time_limit)] if cfg.time_limit > 0 else [])
+                          + [make(featurizer) for make in callbacks])
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     trainer.save_model(str(out))
     if trainer.args.should_save:

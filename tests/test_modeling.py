@@ -78,6 +78,21 @@ def test_left_and_right_padding_agree(tok):
     assert torch.allclose(lr, ll, atol=1e-5)
 
 
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_decoder_only_loss_from_kept_logits_equals_the_backbones_loss(tok, side):
+    m = _model("llama-tiny", tok)
+    b = _batch(Featurizer(tok, decoder_only=True, padding_side=side))
+    out = m(**b)
+    embeds = m.embed(b["input_ids"], b["whole_word_ids"])
+    ref = m.backbone(inputs_embeds=embeds, attention_mask=b["attention_mask"], labels=b["labels"],
+                     position_ids=m._positions(b["attention_mask"]))
+    assert torch.allclose(out.loss, ref.loss, atol=1e-5)
+    n_target = max(len(Featurizer(tok, decoder_only=True).encode_target(r["targets"])) for r in ROWS)
+    if side == "left":  # answers end every row: only their positions (+1) reach the vocabulary
+        assert out.logits.shape[1] == n_target + 1 < b["input_ids"].shape[1]
+    assert torch.allclose(out.logits, ref.logits[:, -out.logits.shape[1]:], atol=1e-5)
+
+
 def test_generate_returns_new_tokens_only(tok):
     m = _model("llama-tiny", tok)
     f = Featurizer(tok, decoder_only=True)
