@@ -20,6 +20,12 @@ runs short), because at 16 shots a natural draw (about 55% liked on MovieLens) c
 with a handful of rows; AUC does not depend on the prior the model learns. Each example gets one
 seen template, drawn with the same seed; every epoch repeats the same N rows, reshuffled.
 
+Step selection (TALLRec's early stopping). --valid-users other users (never the held-out ones),
+drawn with the holdout seed among those whose VALIDATION interaction is rated, are scored on that
+interaction every --eval-every optimizer steps; each run keeps the weights of its best validation
+step (step 0, the untuned model, is scored for the record but never kept) and that is the adapter
+saved, reloaded and scored on the held-out test rows. The test rows never choose anything.
+
 Rows of the curve: the untuned model (zero-shot, same prompts and answer tokens), LoRA and full
 fine-tuning at each shot count and seed, and three baselines on the same held-out rows: popularity
 (the target's number of training interactions), like-rate (the share of liked items among those
@@ -58,6 +64,19 @@ def holdout_users(split, n: int, seed: int = 0) -> list[str]:
     if n == 0 or n >= len(users):
         return users
     pick = np.random.default_rng(seed).permutation(len(users))[:n]
+    return sorted(users[i] for i in pick)
+
+
+def validation_users(split, n: int, seed: int, exclude=()) -> list[str]:
+    """n users (sorted) drawn with `seed` among those whose VALIDATION interaction is rated, none of
+    `exclude` (the held-out test users); all if fewer. Their validation rows pick the training step."""
+    if n < 0:
+        raise ConfigError(f"--valid-users: must be >= 0, got {n}")
+    skip = set(exclude)
+    users = sorted(u for u, x in split.valid.items() if x.rating is not None and u not in skip)
+    if n == 0 or n >= len(users):
+        return users if n else []
+    pick = np.random.default_rng([seed, 2]).permutation(len(users))[:n]
     return sorted(users[i] for i in pick)
 
 
@@ -139,12 +158,12 @@ def fewshot_task_rows(ds, cfg):
 # scoring
 
 
-def eval_rows(ctx, users, template: str = EVAL_TEMPLATE):
+def eval_rows(ctx, users, template: str = EVAL_TEMPLATE, part: str = "test"):
     from .tasks import render
 
-    rows = render(ctx, ["preference"], "test", templates=[template], users=users)
+    rows = render(ctx, ["preference"], part, templates=[template], users=users)
     if not len(rows):
-        raise ConfigError("no preference test rows for the held-out users")
+        raise ConfigError(f"no preference {part} rows for the {'held-out' if part == 'test' else 'validation'} users")
     return rows
 
 
@@ -168,14 +187,75 @@ def untuned_checkpoint(model: str, index, user_index, whole_word: bool = False, 
     return Checkpoint(net, tok, fz, index, user_index, {"backbone": model})
 
 
-def auc_of(ckpt, rows, batch_size: int = 16) -> float:
+def auc_of(ckpt, rows, batch_size: int = 16, bf16: bool = False) -> float:
+    """AUC of P(yes) on preference rows; bf16: score under bf16 autocast (weights stay as they are)."""
+    import torch
+
     from . import metrics as M
     from .inference import yes_probability
 
     if set(rows["targets"]) - {"yes", "no"}:
         raise ConfigError(f"preference targets must be yes/no, got {sorted(set(rows['targets']))}")
-    p = yes_probability(ckpt, rows["inputs"], batch_size=batch_size, progress=False)
+    dev = next(ckpt.model.parameters()).device.type
+    with torch.autocast(dev, dtype=torch.bfloat16, enabled=bf16):
+        p = yes_probability(ckpt, rows["inputs"], batch_size=batch_size, progress=False)
     return float(M.auc(np.asarray(rows["label"], dtype=float), p))
+
+
+def validation_callback(rows, every: int, max_steps: int, batch_size: int = 16, bf16: bool = False, log=None):
+    """A factory featurizer -> TrainerCallback for p5x.training.train: every `every` optimizer steps
+    (and at the last) it scores the validation rows, keeps a copy of the trainable weights of the
+    best step (AUC; the earlier step on a tie) and puts them back when training ends, so the
+    checkpoint train() saves is the selected one (TALLRec's early stopping by validation AUC).
+    Step 0, the untuned model, is scored for the record but never selected. The record
+    (`.history`, `.best_step`, `.best_auc`) stays on the factory."""
+    from types import SimpleNamespace
+
+    import torch
+    from transformers import TrainerCallback
+
+    if every < 1:
+        raise ConfigError(f"--eval-every: must be at least 1, got {every}")
+    state = SimpleNamespace(history=[], best_step=None, best_auc=None)
+
+    def make(featurizer):
+        class SelectByValidation(TrainerCallback):
+            def _score(self, model, step):
+                auc = auc_of(SimpleNamespace(model=model, featurizer=featurizer), rows, batch_size, bf16)
+                model.train()
+                state.history.append({"step": step, "AUC": auc})
+                if log:
+                    log(f"  step {step}: validation AUC {auc:.4f}")
+                return auc
+
+            def on_train_begin(self, args, st, control, model=None, **kw):
+                if st.global_step == 0:
+                    self._score(model, 0)
+
+            def on_step_end(self, args, st, control, model=None, **kw):
+                step = st.global_step
+                if step % every and step != max_steps:
+                    return
+                auc = self._score(model, step)
+                if state.best_auc is None or auc > state.best_auc:
+                    state.best_step, state.best_auc = step, auc
+                    state.weights = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters()
+                                     if p.requires_grad}
+
+            def on_train_end(self, args, st, control, model=None, **kw):
+                best = getattr(state, "weights", None)
+                if best is None:
+                    return
+                with torch.no_grad():
+                    for n, p in model.named_parameters():
+                        if n in best:
+                            p.copy_(best[n].to(p.device))
+                state.weights = None
+
+        return SelectByValidation()
+
+    make.state = state
+    return make
 
 
 def history_like_rate(history) -> float:
@@ -226,9 +306,9 @@ class FewShotConfig:
     eval_users: int = 300
     holdout_seed: int = 0
     template: str = EVAL_TEMPLATE
-    steps: int = 64        # optimizer steps per run, whatever the shot count (the shots repeat as epochs)
+    steps: int = 128       # optimizer steps per run, whatever the shot count (the shots repeat as epochs)
     batch_size: int = 8
-    lr_lora: float = 1e-4
+    lr_lora: float = 1e-3
     lr_full: float = 5e-5
     lora_rank: int = 8
     lora_alpha: int = 16
@@ -236,6 +316,9 @@ class FewShotConfig:
     max_source_len: int = 512
     sasrec_epochs: int = 50
     eval_batch: int = 16
+    valid_users: int = 100  # validation users (their validation interaction) that pick the step; 0: last step
+    eval_every: int = 16    # optimizer steps between validation scorings
+    bf16: str = "auto"      # auto: on CUDA only; on: also on CPU (autocast); off
     keep_checkpoints: bool = False
     zero_shot: bool = True
     device: str = "auto"   # auto: cuda when present, else cpu (training, scoring and SASRec alike)
@@ -245,8 +328,11 @@ class FewShotConfig:
 
         return ("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device
 
+    def use_bf16(self) -> bool:
+        return self.torch_device() == "cuda" if self.bf16 == "auto" else self.bf16 == "on"
 
-def _train_one(cfg: FewShotConfig, peft: str, shots: int, seed: int, out: Path) -> Path:
+
+def _train_one(cfg: FewShotConfig, peft: str, shots: int, seed: int, out: Path, callbacks=()) -> Path:
     from .training import TrainConfig, train
 
     epochs = -(-cfg.steps * cfg.batch_size // shots)  # enough passes over the shots for cfg.steps
@@ -256,12 +342,14 @@ def _train_one(cfg: FewShotConfig, peft: str, shots: int, seed: int, out: Path) 
                      whole_word_embeddings="off", peft=peft, lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
                      lora_targets=cfg.lora_targets if peft == "lora" else "", max_source_len=cfg.max_source_len,
                      max_target_len=4, shots=shots, holdout_users=cfg.eval_users, holdout_seed=cfg.holdout_seed,
-                     save_steps=10**9, logging_steps=1, use_cpu=cfg.torch_device() == "cpu")
-    return train(tc)
+                     save_steps=10**9, logging_steps=1, use_cpu=cfg.torch_device() == "cpu",
+                     bf16="on" if cfg.use_bf16() else "off")
+    return train(tc, callbacks=callbacks)
 
 
 PROTOCOL_FIELDS = ("model", "template", "eval_users", "holdout_seed", "steps", "batch_size", "lr_lora", "lr_full",
-                   "lora_rank", "lora_alpha", "lora_targets", "max_source_len", "sasrec_epochs")
+                   "lora_rank", "lora_alpha", "lora_targets", "max_source_len", "sasrec_epochs", "valid_users",
+                   "eval_every", "bf16")
 BASELINES = ("popularity", "like-rate", "sasrec-sigmoid")
 
 
@@ -313,16 +401,24 @@ def run_sweep(cfg: FewShotConfig, log=print) -> tuple[list[dict], dict]:
     users = holdout_users(ctx.split, cfg.eval_users, cfg.holdout_seed)
     rows = eval_rows(ctx, users, cfg.template)
     log(f"{len(rows)} held-out rows, {sum(rows['label']):.0f} liked")
+    vusers = validation_users(ctx.split, cfg.valid_users, cfg.holdout_seed, exclude=users)
+    vrows = eval_rows(ctx, vusers, cfg.template, part="valid") if vusers else None
+    if vrows is not None:
+        log(f"{len(vrows)} validation rows (other users' validation interactions), {sum(vrows['label']):.0f} liked; "
+            f"scored every {cfg.eval_every} steps, the best step is kept")
+    bf16 = cfg.use_bf16()
     check_protocol(out, protocol_of(cfg, ds))
     runs_path = out / "runs.json"
     dev = cfg.torch_device()
     runs = _load_runs(runs_path)
     done = {(r["method"], r["shots"], r["seed"]) for r in runs}
 
-    def record(method, shots, seed, auc, seconds):
-        runs.append({"method": method, "shots": shots, "seed": seed, "AUC": auc, "seconds": round(seconds, 1)})
+    def record(method, shots, seed, auc, seconds, **extra):
+        runs.append({"method": method, "shots": shots, "seed": seed, "AUC": auc, "seconds": round(seconds, 1),
+                     **extra})
         _save_json(runs_path, runs)
-        log(f"{method:>15} shots={shots:<4} seed={seed}: AUC {auc:.4f} ({seconds:.0f} s)")
+        picked = f", step {extra['best_step']} picked on validation" if extra.get("best_step") is not None else ""
+        log(f"{method:>15} shots={shots:<4} seed={seed}: AUC {auc:.4f} ({seconds:.0f} s{picked})")
 
     if set(BASELINES) - {m for m, _, _ in done}:
         t = time.time()
@@ -333,7 +429,8 @@ def run_sweep(cfg: FewShotConfig, log=print) -> tuple[list[dict], dict]:
         t = time.time()
         ck = untuned_checkpoint(cfg.model, ctx.index, ctx.user_index, max_source_len=cfg.max_source_len)
         ck.model.to(dev)
-        record("zero-shot", 0, 0, auc_of(ck, rows, cfg.eval_batch), time.time() - t)
+        extra = {"valid_AUC": auc_of(ck, vrows, cfg.eval_batch, bf16)} if vrows is not None else {}
+        record("zero-shot", 0, 0, auc_of(ck, rows, cfg.eval_batch, bf16), time.time() - t, **extra)
         del ck
     full_seeds = cfg.seeds if cfg.full_seeds is None else cfg.full_seeds
     plan = [(p, n, s) for n in cfg.shots for p in cfg.peft for s in (cfg.seeds if p == "lora" else full_seeds)
@@ -344,9 +441,16 @@ def run_sweep(cfg: FewShotConfig, log=print) -> tuple[list[dict], dict]:
             continue
         t = time.time()
         ck_dir = out / "runs" / f"{method}-{shots}-s{seed}"
-        _train_one(cfg, peft, shots, seed, ck_dir)
+        cbs, extra = [], {}
+        if vrows is not None:
+            cbs = [validation_callback(vrows, cfg.eval_every, cfg.steps, cfg.eval_batch, bf16,
+                                       log=lambda m: log(f"{method} shots={shots} seed={seed}{m}"))]
+        _train_one(cfg, peft, shots, seed, ck_dir, cbs)
+        if cbs:
+            st = cbs[0].state
+            extra = {"best_step": st.best_step, "valid_AUC": st.best_auc, "valid_history": st.history}
         ck = load_checkpoint(ck_dir, data=ds, device=dev)  # scores the RELOADED checkpoint, as a user would
-        record(method, shots, seed, auc_of(ck, rows, cfg.eval_batch), time.time() - t)
+        record(method, shots, seed, auc_of(ck, rows, cfg.eval_batch, bf16), time.time() - t, **extra)
         del ck
         if not cfg.keep_checkpoints:
             shutil.rmtree(ck_dir, ignore_errors=True)
@@ -354,6 +458,7 @@ def run_sweep(cfg: FewShotConfig, log=print) -> tuple[list[dict], dict]:
     meta = {"data": str(Path(cfg.data).resolve()), "data_hash": ds.data_hash, "split": "test",
             "model": cfg.model, "template": cfg.template, "eval_users": len(users),
             "holdout_seed": cfg.holdout_seed, "n_rows": len(rows), "liked": int(sum(rows["label"])),
+            "valid_rows": len(vrows) if vrows is not None else 0,
             "seeds": cfg.seeds, "device_used": dev, "config": {k: v for k, v in vars(cfg).items()}}
     return runs, meta
 
@@ -465,6 +570,14 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-source-len", type=int, default=d.max_source_len, help="max prompt tokens")
     ap.add_argument("--sasrec-epochs", type=int, default=d.sasrec_epochs, help="sasrec-sigmoid epochs")
     ap.add_argument("--eval-batch", type=int, default=d.eval_batch, help="prompts per scoring batch")
+    ap.add_argument("--valid-users", type=int, default=d.valid_users,
+                    help="users (not held out) whose validation interaction picks each run's step by AUC, "
+                         f"TALLRec's early stopping; 0: keep the last step (default: {d.valid_users})")
+    ap.add_argument("--eval-every", type=int, default=d.eval_every,
+                    help=f"optimizer steps between validation scorings (default: {d.eval_every})")
+    ap.add_argument("--bf16", default=d.bf16, choices=("auto", "on", "off"),
+                    help="bf16 autocast for training and scoring: auto = on CUDA only; on also uses a CPU's "
+                         "bf16 units (about 1.7x faster on AVX512-BF16) (default: auto)")
     ap.add_argument("--keep-checkpoints", action="store_true", help="keep each run's checkpoint under OUT/runs")
     ap.add_argument("--no-zero-shot", action="store_true", help="skip the untuned-model row")
     ap.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
@@ -485,8 +598,8 @@ def main(argv=None) -> int:
                             _ints(a.full_shots, "--full-shots"),
                             _ints(a.full_seeds, "--full-seeds") if a.full_seeds else None, a.eval_users, a.holdout_seed, a.template,
                             a.steps, a.batch_size, a.lr_lora, a.lr_full, a.lora_rank, a.lora_alpha,
-                            a.lora_targets, a.max_source_len, a.sasrec_epochs, a.eval_batch,
-                            a.keep_checkpoints, not a.no_zero_shot, a.device)
+                            a.lora_targets, a.max_source_len, a.sasrec_epochs, a.eval_batch, a.valid_users,
+                            a.eval_every, a.bf16, a.keep_checkpoints, not a.no_zero_shot, a.device)
         runs, meta = run_sweep(cfg, log=lambda m: print(m, flush=True))
         summary = write_outputs(Path(cfg.out), runs, meta)
     except P5XError as e:

@@ -218,3 +218,88 @@ def test_history_like_rate_reads_the_prompt_window():
     assert F.history_like_rate([x(5), x(1), x(4), x(None)]) == pytest.approx(2 / 3)
     old_likes = [x(5)] * 30 + [x(2)] * PREFERENCE_HISTORY  # only the last PREFERENCE_HISTORY count
     assert F.history_like_rate(old_likes) == 0.0
+
+
+# -- validation selection (TALLRec's early stopping) ----------------------------------------------
+
+def test_validation_users_are_rated_disjoint_from_held_out_and_seeded(ctx):
+    held = F.holdout_users(ctx.split, 10, 0)
+    v = F.validation_users(ctx.split, 8, 0, exclude=held)
+    assert len(v) == 8 and v == sorted(v) and not set(v) & set(held)
+    assert all(ctx.split.valid[u].rating is not None for u in v)
+    assert v == F.validation_users(ctx.split, 8, 0, exclude=held)
+    assert v != F.validation_users(ctx.split, 8, 1, exclude=held)
+    assert F.validation_users(ctx.split, 0, 0) == []
+    with pytest.raises(ConfigError, match="--valid-users"):
+        F.validation_users(ctx.split, -1, 0)
+    rows = F.eval_rows(ctx, v, part="valid")
+    # the validation rows ask about each user's validation item, never a test item
+    assert [ctx.split.valid[u].item_id for u in rows["user_id"]] == list(rows["item_id"])
+
+
+def test_validation_callback_restores_the_best_scored_weights(monkeypatch):
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    net = torch.nn.Linear(2, 1)
+    aucs = iter([0.5, 0.6, 0.9, 0.7])  # steps 0 (never picked), 2, 4 (best), 5 (last)
+    monkeypatch.setattr(F, "auc_of", lambda *a, **k: next(aucs))
+    make = F.validation_callback(rows=None, every=2, max_steps=5)
+    cb = make(featurizer=None)
+    args, st, ctl = TrainingArguments(output_dir="unused", report_to=[]), TrainerState(), TrainerControl()
+    cb.on_train_begin(args, st, ctl, model=net)
+    seen = {}
+    for step in range(1, 6):
+        with torch.no_grad():
+            net.weight.fill_(float(step))
+        st.global_step = step
+        cb.on_step_end(args, st, ctl, model=net)
+        seen[step] = net.weight.clone()
+    cb.on_train_end(args, st, ctl, model=net)
+    assert [h["step"] for h in make.state.history] == [0, 2, 4, 5]
+    assert make.state.best_step == 4 and make.state.best_auc == 0.9
+    assert torch.equal(net.weight, seen[4])  # the weights of step 4, not the last step's
+    with pytest.raises(ConfigError, match="--eval-every"):
+        F.validation_callback(None, 0, 5)
+
+
+def test_fewshot_validation_picks_a_step_and_the_reloaded_adapter_scores_it(toy_dir, local_llama, tmp_path):
+    out = tmp_path / "val"
+    argv = ["--data", str(toy_dir), "--model", local_llama, "--shots", "8", "--seeds", "0", "--peft", "lora",
+            "--eval-users", "10", "--valid-users", "12", "--eval-every", "2", "--steps", "4", "--batch-size", "4",
+            "--lr-lora", "5e-2", "--sasrec-epochs", "1", "--max-source-len", "256", "--lora-targets",
+            "q_proj,v_proj", "--keep-checkpoints", "--bf16", "on", "--out", str(out)]
+    assert F.main(argv) == 0
+    runs = {r["method"]: r for r in json.loads((out / "runs.json").read_text())}
+    lora = runs["lora"]
+    hist = {h["step"]: h["AUC"] for h in lora["valid_history"]}
+    assert sorted(hist) == [0, 2, 4]
+    assert lora["best_step"] in (2, 4) and lora["valid_AUC"] == max(hist[2], hist[4])
+    assert "valid_AUC" in runs["zero-shot"]
+    assert json.loads((out / "protocol.json").read_text())["valid_users"] == 12
+    # the checkpoint on disk is the picked step: scoring it on the same validation rows gives its AUC
+    from p5x.schema import load_dataset
+    c = make_context(load_dataset(str(toy_dir)), seed=0)
+    held = F.holdout_users(c.split, 10, 0)
+    vrows = F.eval_rows(c, F.validation_users(c.split, 12, 0, exclude=held), part="valid")
+    ck = load_checkpoint(out / "runs" / "lora-8-s0", data=load_dataset(str(toy_dir)))
+    assert F.auc_of(ck, vrows, bf16=True) == pytest.approx(lora["valid_AUC"], abs=1e-6)
+
+
+def test_decoder_only_scoring_keeps_only_the_last_logits(local_llama, ctx):
+    ck = F.untuned_checkpoint(local_llama, ctx.index, ctx.user_index, max_source_len=256)
+    batch = ck.featurizer.encode_prompts(["a short prompt", "a somewhat longer prompt than the first one"])
+    with torch.no_grad():
+        full = ck.model(**batch).logits[:, -1]
+        last = ck.model(**batch, logits_to_keep=1).logits
+    assert last.shape[1] == 1 and torch.allclose(full, last[:, -1], atol=1e-5)
+    with pytest.raises(ConfigError, match="logits_to_keep"):
+        ck.model(**batch, labels=batch["input_ids"], logits_to_keep=1)
+
+
+def test_bf16_flag_is_checked_and_reaches_the_trainer(toy_dir, local_llama, tmp_path):
+    from p5x.training import training_arguments
+
+    with pytest.raises(ConfigError, match="--bf16"):
+        _cfg(toy_dir, local_llama, tmp_path, bf16="maybe").validate()
+    assert training_arguments(_cfg(toy_dir, local_llama, tmp_path, bf16="on")).bf16
+    assert not training_arguments(_cfg(toy_dir, local_llama, tmp_path, bf16="auto")).bf16  # use_cpu
