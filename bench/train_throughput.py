@@ -10,7 +10,8 @@ builds the tokenizer and the model exactly as train.py would, then times plain o
 - an MFU estimate, when --peak-flops is given: 6 x params x tokens / time / peak, with each token
   counted against the weights it passes through (T5: encoder weights x prompt tokens, decoder
   weights + output projection x target tokens; decoder-only: all weights x all tokens). Attention's
-  quadratic term is left out, so this is a slight underestimate;
+  quadratic term is left out (an underestimate); for decoder-only models the output projection
+  runs only at the answer positions (unless --full-vocab-loss), so there MFU is overstated;
 - the projected time of one epoch of these families: rows per epoch / measured samples/s.
 
     python bench/train_throughput.py --data DIR --tasks sequential,direct --model t5-small \\
@@ -49,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
     ap.add_argument("--peak-flops", type=float, default=0.0,
                     help="device peak FLOP/s for the MFU estimate (H100 SXM bf16 dense: 989e12; 0: no MFU)")
+    ap.add_argument("--full-vocab-loss", action="store_true",
+                    help="decoder-only: the backbone's own loss over every position, right-padded (p5x before "
+                         "fd68fd4), to measure against p5x's answer-position logits")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="also write the numbers to this file")
     return ap
@@ -106,7 +110,9 @@ def prepare(args):
         texts = (t for r in sample for t in (r["inputs"], r["targets"]))
         tok = train_sentencepiece(texts, tempfile.mkdtemp(prefix="p5x-tput-"), vocab_size=args.vocab_size,
                                   user_defined_symbols=pieces)
-    feat = Featurizer(tok, spec.decoder_only, args.whole_word_embeddings == "on", args.max_source_len, 64)
+    side = "left" if spec.decoder_only and not args.full_vocab_loss else "right"  # as train.py pads
+    feat = Featurizer(tok, spec.decoder_only, args.whole_word_embeddings == "on", args.max_source_len, 64,
+                      padding_side=side)
     model = build_model(cfg, spec, tok)
     return rows, feat, model, render_s, len(rows) if not args.users else None
 
@@ -155,7 +161,13 @@ def timed_steps(model, rows, feat, args, device: str) -> dict:
         batch = {k: v.to(device, non_blocking=True) for k, v in next(it).items() if k != "task_ids"}
         wait = time.perf_counter() - t0
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-            loss = model(**batch).loss
+            if args.full_vocab_loss and model.decoder_only:
+                embeds = model.embed(batch["input_ids"], batch.get("whole_word_ids"))
+                loss = model.backbone(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
+                                      labels=batch["labels"],
+                                      position_ids=model._positions(batch["attention_mask"])).loss
+            else:
+                loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -189,7 +201,8 @@ def run(args) -> dict:
     from p5x.metrics import device_name
 
     res = {"device": device_name(device), "model": args.model, "tasks": args.tasks, "batch_size": args.batch_size,
-           "steps": args.steps, "bf16": device.startswith("cuda"), "params": sum(p.numel() for p in model.parameters()),
+           "steps": args.steps, "bf16": device.startswith("cuda"),
+           "full_vocab_loss": bool(args.full_vocab_loss), "params": sum(p.numel() for p in model.parameters()),
            "params_per_token": ps, "render_epoch_s": round(render_s, 2), "rows_rendered": len(rows),
            "samples_per_s": st["samples"] / sec, "tokens_per_s": tokens / sec, "padded_tokens_per_s": st["padded"] / sec,
            "padding_share": 1 - tokens / max(1, st["padded"]), "step_ms": 1000 * sec / args.steps,

@@ -92,6 +92,17 @@ def test_train_throughput_cli(toy_dir, tmp_path):
     assert bad.returncode == 2 and bad.stderr.startswith("error:")
 
 
+@pytest.mark.parametrize("full", [False, True])
+def test_train_throughput_decoder_only_both_loss_paths(toy_dir, tmp_path, full):
+    js = tmp_path / "tp.json"
+    r = _run(["bench/train_throughput.py", "--data", str(toy_dir), "--model", "llama-tiny", "--tasks", "sequential",
+              "--batch-size", "4", "--steps", "2", "--warmup", "1", "--users", "10", "--vocab-size", "200",
+              "--max-source-len", "96", "--device", "cpu", "--json", str(js)] + (["--full-vocab-loss"] if full else []))
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(js.read_text())
+    assert res["full_vocab_loss"] is full and res["samples_per_s"] > 0
+
+
 def test_decode_bench_cli(tmp_path):
     js = tmp_path / "d.json"
     r = _run(["bench/decode_bench.py", "--items", "50", "--users", "2", "--batch", "2", "--beams", "3",
