@@ -518,6 +518,39 @@ def plot_curve(runs: list[dict], path: Path) -> None:
     tmp.replace(path)
 
 
+def plot_validation(runs: list[dict], path: Path) -> bool:
+    """Validation AUC against optimizer step, one line per run (colour by shot count), the kept
+    step circled. False (nothing written) when no run was selected on validation."""
+    runs = [r for r in runs if r.get("valid_history")]
+    if not runs:
+        return False
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shots = sorted({r["shots"] for r in runs})
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    labelled = set()
+    for r in runs:
+        c = f"C{shots.index(r['shots'])}" if r["method"] == "lora" else "C3"
+        h, key = r["valid_history"], f"{r['method']} {r['shots']}"
+        ax.plot([x["step"] for x in h], [x["AUC"] for x in h], "-", color=c, alpha=0.7, lw=1,
+                label=None if key in labelled else key)
+        labelled.add(key)
+        if r.get("best_step") is not None:
+            ax.scatter([r["best_step"]], [r["valid_AUC"]], facecolors="none", edgecolors=c, s=40)
+    ax.axhline(0.5, color="grey", lw=0.5)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("validation AUC (kept step circled)")
+    ax.legend(fontsize=8, title="method, shots")
+    fig.tight_layout()
+    tmp = path.with_name("." + path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return True
+
+
 def write_outputs(out: Path, runs: list[dict], meta: dict) -> list[dict]:
     from . import metrics as M
 
@@ -528,6 +561,7 @@ def write_outputs(out: Path, runs: list[dict], meta: dict) -> list[dict]:
     tmp.write_text(curve_markdown(summary))
     tmp.replace(out / "curve.md")
     plot_curve(runs, out / "curve.png")
+    plot_validation(runs, out / "validation.png")
     return summary
 
 
@@ -606,7 +640,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(curve_markdown(summary), end="")
-    print(f"wrote {Path(cfg.out) / 'metrics.json'}, curve.md and curve.png", file=sys.stderr)
+    print(f"wrote {Path(cfg.out) / 'metrics.json'}, curve.md, curve.png (and validation.png)", file=sys.stderr)
     return 0
 
 

@@ -275,6 +275,7 @@ def test_fewshot_validation_picks_a_step_and_the_reloaded_adapter_scores_it(toy_
     assert sorted(hist) == [0, 2, 4]
     assert lora["best_step"] in (2, 4) and lora["valid_AUC"] == max(hist[2], hist[4])
     assert "valid_AUC" in runs["zero-shot"]
+    assert (out / "validation.png").stat().st_size > 1000
     assert json.loads((out / "protocol.json").read_text())["valid_users"] == 12
     # the checkpoint on disk is the picked step: scoring it on the same validation rows gives its AUC
     from p5x.schema import load_dataset
