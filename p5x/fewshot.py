@@ -56,28 +56,29 @@ EVAL_TEMPLATE = "preference-1"
 # held-out users and few-shot training rows
 
 
-def holdout_users(split, n: int, seed: int = 0) -> list[str]:
-    """n users (sorted) drawn with `seed` among those whose test interaction is rated; all if fewer."""
+def _rated_draw(part: dict, n: int, rng_seed, flag: str, exclude=()) -> list[str]:
+    """n users (sorted) drawn with np.random.default_rng(rng_seed) among those whose interaction in
+    `part` (a split's valid or test dict) is rated, none of `exclude`; all if n is 0 or too large."""
     if n < 0:
-        raise ConfigError(f"--eval-users: must be >= 0, got {n}")
-    users = sorted(u for u, x in split.test.items() if x.rating is not None)
+        raise ConfigError(f"{flag}: must be >= 0, got {n}")
+    skip = set(exclude)
+    users = sorted(u for u, x in part.items() if x.rating is not None and u not in skip)
     if n == 0 or n >= len(users):
         return users
-    pick = np.random.default_rng(seed).permutation(len(users))[:n]
+    pick = np.random.default_rng(rng_seed).permutation(len(users))[:n]
     return sorted(users[i] for i in pick)
+
+
+def holdout_users(split, n: int, seed: int = 0) -> list[str]:
+    """n users (sorted) drawn with `seed` among those whose test interaction is rated; all if fewer."""
+    return _rated_draw(split.test, n, seed, "--eval-users")
 
 
 def validation_users(split, n: int, seed: int, exclude=()) -> list[str]:
     """n users (sorted) drawn with `seed` among those whose VALIDATION interaction is rated, none of
-    `exclude` (the held-out test users); all if fewer. Their validation rows pick the training step."""
-    if n < 0:
-        raise ConfigError(f"--valid-users: must be >= 0, got {n}")
-    skip = set(exclude)
-    users = sorted(u for u, x in split.valid.items() if x.rating is not None and u not in skip)
-    if n == 0 or n >= len(users):
-        return users if n else []
-    pick = np.random.default_rng([seed, 2]).permutation(len(users))[:n]
-    return sorted(users[i] for i in pick)
+    `exclude` (the held-out test users); all if fewer, none for n = 0. Their validation rows pick
+    the training step."""
+    return _rated_draw(split.valid, n, [seed, 2], "--valid-users", exclude) if n else []
 
 
 def shot_pool(ctx, exclude_users=()) -> list[tuple[str, int, bool]]:
@@ -216,7 +217,7 @@ def validation_callback(rows, every: int, max_steps: int, batch_size: int = 16, 
 
     if every < 1:
         raise ConfigError(f"--eval-every: must be at least 1, got {every}")
-    state = SimpleNamespace(history=[], best_step=None, best_auc=None)
+    state = SimpleNamespace(history=[], best_step=None, best_auc=None, weights=None)
 
     def make(featurizer):
         class SelectByValidation(TrainerCallback):
@@ -243,7 +244,7 @@ def validation_callback(rows, every: int, max_steps: int, batch_size: int = 16, 
                                      if p.requires_grad}
 
             def on_train_end(self, args, st, control, model=None, **kw):
-                best = getattr(state, "weights", None)
+                best = state.weights
                 if best is None:
                     return
                 with torch.no_grad():
