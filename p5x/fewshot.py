@@ -624,6 +624,8 @@ def main(argv=None) -> int:
     try:
         if a.steps < 1:
             raise ConfigError(f"--steps: must be at least 1, got {a.steps}")
+        if a.eval_every < 1:  # checked here, not minutes later when the first run starts
+            raise ConfigError(f"--eval-every: must be at least 1, got {a.eval_every}")
         if min(_ints(a.shots, "--shots")) < 1:
             raise ConfigError(f"--shots: every count must be at least 1, got {a.shots!r}")
         peft = [p.strip() for p in a.peft.split(",") if p.strip()]

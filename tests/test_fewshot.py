@@ -260,6 +260,7 @@ def test_validation_callback_restores_the_best_scored_weights(monkeypatch):
     assert torch.equal(net.weight, seen[4])  # the weights of step 4, not the last step's
     with pytest.raises(ConfigError, match="--eval-every"):
         F.validation_callback(None, 0, 5)
+    assert F.main(["--data", "x", "--out", "y", "--eval-every", "0"]) == 2
 
 
 def test_fewshot_validation_picks_a_step_and_the_reloaded_adapter_scores_it(toy_dir, local_llama, tmp_path):
