@@ -394,6 +394,7 @@ def run_sweep(cfg: FewShotConfig, log=print) -> tuple[list[dict], dict]:
     from .checkpoint import load_checkpoint
     from .schema import load_dataset
     from .tasks import make_context
+    from .training import warn_if_emulated_bf16
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -407,10 +408,10 @@ def run_sweep(cfg: FewShotConfig, log=print) -> tuple[list[dict], dict]:
     if vrows is not None:
         log(f"{len(vrows)} validation rows (other users' validation interactions), {sum(vrows['label']):.0f} liked; "
             f"scored every {cfg.eval_every} steps, the best step is kept")
-    bf16 = cfg.use_bf16()
+    bf16, dev = cfg.use_bf16(), cfg.torch_device()
+    warn_if_emulated_bf16(dev, bf16)
     check_protocol(out, protocol_of(cfg, ds))
     runs_path = out / "runs.json"
-    dev = cfg.torch_device()
     runs = _load_runs(runs_path)
     done = {(r["method"], r["shots"], r["seed"]) for r in runs}
 
@@ -612,7 +613,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"optimizer steps between validation scorings (default: {d.eval_every})")
     ap.add_argument("--bf16", default=d.bf16, choices=("auto", "on", "off"),
                     help="bf16 autocast for training and scoring: auto = on CUDA only; on also uses a CPU's "
-                         "bf16 units (about 1.7x faster on AVX512-BF16) (default: auto)")
+                         "bf16 units (about 1.7x faster on AVX512-BF16; emulated, so far slower, on a CPU without them) "
+                         "(default: auto)")
     ap.add_argument("--keep-checkpoints", action="store_true", help="keep each run's checkpoint under OUT/runs")
     ap.add_argument("--no-zero-shot", action="store_true", help="skip the untuned-model row")
     ap.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")

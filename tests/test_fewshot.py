@@ -305,3 +305,21 @@ def test_bf16_flag_is_checked_and_reaches_the_trainer(toy_dir, local_llama, tmp_
         _cfg(toy_dir, local_llama, tmp_path, bf16="maybe").validate()
     assert training_arguments(_cfg(toy_dir, local_llama, tmp_path, bf16="on")).bf16
     assert not training_arguments(_cfg(toy_dir, local_llama, tmp_path, bf16="auto")).bf16  # use_cpu
+
+
+def test_bf16_on_a_cpu_without_bf16_units_warns_once(toy_dir, local_llama, tmp_path, monkeypatch, capsys):
+    import p5x.training as T
+
+    assert isinstance(T.cpu_has_bf16(), bool)
+    monkeypatch.setattr(T, "_BF16_WARNED", [])
+    monkeypatch.setattr(T, "cpu_has_bf16", lambda: True)
+    T.training_arguments(_cfg(toy_dir, local_llama, tmp_path, bf16="on"))
+    assert "emulated" not in capsys.readouterr().err  # a CPU with bf16 units: no warning
+    monkeypatch.setattr(T, "cpu_has_bf16", lambda: False)
+    T.warn_if_emulated_bf16("cuda", True)
+    T.warn_if_emulated_bf16("cpu", False)
+    assert "emulated" not in capsys.readouterr().err  # bf16 on CUDA, or fp32 on CPU: nothing to say
+    T.training_arguments(_cfg(toy_dir, local_llama, tmp_path, bf16="on"))
+    T.warn_if_emulated_bf16("cpu", True)
+    err = capsys.readouterr().err
+    assert err.count("bf16 is emulated") == 1 and "--bf16 off" in err
