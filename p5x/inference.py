@@ -96,12 +96,14 @@ def rank_items(ckpt, prompts: Sequence[str], trie: ItemTrie, beams: int = 20, ba
 @torch.no_grad()
 def yes_probability(ckpt, prompts: Sequence[str], batch_size: int = 64, desc: str | None = None,
                     progress: bool = True) -> np.ndarray:
-    """P(yes) / (P(yes) + P(no)) at the first answer position, per prompt."""
+    """P(yes) / (P(yes) + P(no)) at the first answer position, per prompt (in the given order).
+    Prompts are batched in order of length, so a batch pads to prompts of about its own length."""
     ckpt.model.eval()
     yes_id, no_id = ckpt.featurizer.answer_ids(("yes", "no"))
+    order = np.argsort([len(p) for p in prompts], kind="stable")
     out = []
     for s, e in _batches(len(prompts), batch_size, desc, progress):
-        batch = _encode(ckpt, prompts[s:e])
+        batch = _encode(ckpt, [prompts[i] for i in order[s:e]])
         if ckpt.model.decoder_only:  # prompts are left-padded: the last position reads the answer
             logits = ckpt.model(**batch, logits_to_keep=1).logits[:, -1]
         else:
@@ -110,7 +112,10 @@ def yes_probability(ckpt, prompts: Sequence[str], batch_size: int = 64, desc: st
             logits = ckpt.model(**batch, decoder_input_ids=dec).logits[:, 0]
         pair = torch.stack([logits[:, yes_id], logits[:, no_id]], -1).float().softmax(-1)
         out.append(pair[:, 0].cpu().numpy())
-    return np.concatenate(out) if out else np.zeros(0)
+    probs = np.zeros(len(prompts))
+    if out:
+        probs[order] = np.concatenate(out)
+    return probs
 
 
 def _token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

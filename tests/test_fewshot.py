@@ -323,3 +323,16 @@ def test_bf16_on_a_cpu_without_bf16_units_warns_once(toy_dir, local_llama, tmp_p
     T.warn_if_emulated_bf16("cpu", True)
     err = capsys.readouterr().err
     assert err.count("bf16 is emulated") == 1 and "--bf16 off" in err
+
+
+def test_yes_probability_batches_by_length_and_answers_in_the_callers_order(local_llama, ctx):
+    from p5x.inference import yes_probability
+
+    ck = F.untuned_checkpoint(local_llama, ctx.index, ctx.user_index, max_source_len=256)
+    rows = F.eval_rows(ctx, F.holdout_users(ctx.split, 10, 0))
+    prompts = [p if i % 2 else p[: len(p) // 3] for i, p in enumerate(rows["inputs"])]  # lengths out of order
+    one_by_one = [yes_probability(ck, [p], batch_size=1, progress=False)[0] for p in prompts]
+    batched = yes_probability(ck, prompts, batch_size=3, progress=False)
+    assert batched.shape == (len(prompts),) and len(set(batched.round(6))) > 1
+    assert batched == pytest.approx(one_by_one, abs=1e-5)
+    assert yes_probability(ck, [], progress=False).shape == (0,)
