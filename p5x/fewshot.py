@@ -317,8 +317,8 @@ class FewShotConfig:
     max_source_len: int = 512
     sasrec_epochs: int = 50
     eval_batch: int = 16
-    valid_users: int = 100  # validation users (their validation interaction) that pick the step; 0: last step
-    eval_every: int = 16    # optimizer steps between validation scorings
+    valid_users: int = 200  # validation users (their validation interaction) that pick the step; 0: last step
+    eval_every: int = 32    # optimizer steps between validation scorings
     bf16: str = "auto"      # auto: on CUDA only; on: also on CPU (autocast); off
     keep_checkpoints: bool = False
     zero_shot: bool = True
