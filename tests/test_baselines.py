@@ -132,3 +132,18 @@ def test_cli_writes_results_and_rejects_bad_tasks(toy_dir, tmp_path, capsys):
     assert B.main(["--data", str(toy_dir), "--tasks", "sequentail"]) == 2
     assert "error: " in capsys.readouterr().err
     assert B.main(["--data", str(tmp_path / "missing")]) == 2
+
+
+def test_sasrec_scores_do_not_depend_on_batch_padding(toy_ds):
+    # a short history scored alone and next to a long one (which left-pads it) gets the same scores:
+    # padding is masked out of attention, as in SASRec's key masking
+    split = time_split(toy_ds)
+    items = list(toy_ds.items)
+    ce = B.train_sasrec(split, items, "ce", dim=16, layers=2, epochs=2, progress=False)
+    short, long_ = items[:2], (items * 5)[:40]
+    alone = B.score_sasrec(ce, [short])
+    padded = B.score_sasrec(ce, [long_, short])
+    assert np.allclose(alone[0], padded[1], atol=1e-5)
+    assert not np.allclose(padded[0], padded[1], atol=1e-3)  # the long history scores differently
+    assert np.isfinite(padded).all()
+
