@@ -116,7 +116,8 @@ def test_decode_bench_cli(tmp_path):
 def test_beauty_recipe_scripts_parse():
     """The recipe's stages are valid bash, and an unknown stage is refused with a usage line."""
     script = REPO / "bench" / "beauty" / "run_gpu.sh"
-    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    for sh in ("run_gpu.sh", "carry.sh", "device_setup.sh"):
+        assert subprocess.run(["bash", "-n", str(REPO / "bench" / "beauty" / sh)]).returncode == 0, sh
     r = subprocess.run(["bash", str(script), "no-such-stage"], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 2 and "usage" in r.stderr.lower()
     cfg = json.loads((REPO / "bench" / "beauty" / "config.json").read_text())
@@ -166,3 +167,74 @@ def test_cache_key_depends_on_the_few_shot_draw(toy_ds, tmp_path):
     for change in ({"shots": 64}, {"holdout_users": 10}, {"holdout_seed": 1}, {"seed": 1}):
         kw = {"tasks": "preference", "shots": 16, **change}
         assert cache_key(_cfg("d", tmp_path, **kw), toy_ds) != base, change
+
+
+def _oneshot():
+    sys.path.insert(0, str(REPO / "bench" / "beauty"))
+    import oneshot
+
+    return oneshot
+
+
+def test_oneshot_plan_splits_the_time_left():
+    plan = _oneshot().plan
+    cal = {"train_s": 30.0, "train_wall_s": 50.0, "steps_per_s": 10.0, "eval_users": 100,
+           "eval_model_s": 1.0, "eval_wall_s": 11.0}  # 10 ms per user and prompt, 10 s to load
+    p = plan(500.0, cal, users=1000, prompts=2, margin=20.0, min_train=60.0)
+    assert p["eval_users"] == 1000 and p["eval_need_s"] == pytest.approx(1.15 * (2 * 10 + 20))
+    assert p["train_s"] == pytest.approx(500 - 46 - 20 - 20, abs=0.1) and p["extra_steps"] == int(10 * p["train_s"])
+    # too little time for every user: train the minimum, score the first users that fit
+    p = plan(150.0, cal, users=100_000, prompts=2, margin=20.0, min_train=60.0)
+    assert p["train_s"] == 60.0 and 0 < p["eval_users"] < 100_000
+    spent = lambda users: 60 + 20 + 20 + 1.15 * 2 * (10 + 0.01 * users)  # noqa: E731
+    assert spent(p["eval_users"]) <= 150.0 < spent(p["eval_users"] + 1)
+
+
+def _oneshot_config(tmp_path) -> Path:
+    cfg = {"train": {"tasks": "sequential", "model": "t5-tiny", "epochs": 1, "batch_size": 8, "lr": 0.003,
+                     "warmup_steps": 2, "vocab_size": 200, "max_source_len": 96, "max_target_len": 16,
+                     "save_steps": 1000, "logging_steps": 2, "use_cpu": True},
+           "evaluate": {"tasks": "sequential", "templates": "seen,unseen", "template_ids": "sequential-1,sequential-13",
+                        "beams": 5, "batch_size": 8, "device": "cpu"},
+           "oneshot": {"budget_s": 170, "calibrate_train_s": 2, "calibrate_users": 8, "margin_s": 5,
+                       "min_train_s": 3}}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+@pytest.mark.slow
+def test_oneshot_runs_every_stage_inside_its_budget(toy_dir, tmp_path):
+    out = tmp_path / "out"
+    r = _run(["bench/beauty/oneshot.py", "--config", str(_oneshot_config(tmp_path)), "--data", str(toy_dir),
+              "--run", str(tmp_path / "run"), "--out", str(out)], timeout=400)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["status"] == "done" and set(s["stages_s"]) == {"prepare", "calibrate_train", "calibrate_eval",
+                                                            "train", "evaluate_sequential-1", "evaluate_sequential-13"}
+    assert s["train"]["global_step"] == s["train"]["max_steps"] > s["calibration"]["steps"]
+    assert {r["templates"] for r in s["results"]} == {"seen", "unseen"}
+    assert s["eval_users"] == s["test_users"] > 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["summary.json", "summary.md", "metrics_sequential-1.json", "metrics_sequential-13.json",
+         "throughput.json", "log_history.json", "oneshot.log"])  # what comes back from the GPU machine: at most 8 files
+
+
+def test_oneshot_failing_stage_leaves_a_summary(tmp_path):
+    out = tmp_path / "out"
+    r = _run(["bench/beauty/oneshot.py", "--config", str(_oneshot_config(tmp_path)), "--data",
+              str(tmp_path / "missing"), "--run", str(tmp_path / "run"), "--out", str(out)])
+    assert r.returncode == 1
+    s = json.loads((out / "summary.json").read_text())
+    assert s["status"] == "failed" and "stage prepare exited 2" in s["error"]
+    assert "missing" in (out / "oneshot.log").read_text()
+
+
+def test_device_setup_without_wheels_says_what_to_run(tmp_path):
+    import shutil
+
+    d = tmp_path / "bench" / "beauty"
+    d.mkdir(parents=True)
+    shutil.copy(REPO / "bench" / "beauty" / "device_setup.sh", d)
+    r = subprocess.run(["bash", str(d / "device_setup.sh")], capture_output=True, text=True)
+    assert r.returncode == 2 and "carry.sh" in r.stderr

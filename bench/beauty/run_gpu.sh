@@ -18,7 +18,9 @@ CONFIG="${CONFIG:-$HERE/config.json}"
 RUN="${RUN:-runs/beauty}"
 OUT="${OUT:-$RUN/out}"
 BEAUTY="${BEAUTY:-$REPO/../shared/data/beauty}"
-PY="${PYTHON:-python}"
+PY="${PYTHON:-$(command -v python3 || command -v python)}"
+# the GPU machine has no installed p5x: the stages and bench/ scripts import it from the checkout
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 # progress bars are \r-joined megabyte lines in captured logs; the Trainer still logs its numbers
 export HF_DATASETS_DISABLE_PROGRESS_BARS=1 TQDM_DISABLE=1
 

@@ -1,0 +1,261 @@
+"""The whole Beauty run in one command that ends inside a time budget (a short GPU lease).
+
+    python bench/beauty/oneshot.py --budget 540 --out $OUT/oneshot
+
+A GPU lease here is 15 minutes of device time, machine start included, and one command may run 10
+minutes; the staged recipe (run_gpu.sh: prepare, train, train, evaluate, each a call) does not fit
+that. This driver runs the same stages in one process tree and sizes training to what is left:
+
+1. convert Beauty (data_prep p5) unless --data names a converted folder;
+2. prepare: render the epochs, train SentencePiece, pre-tokenize (train.py --prepare-only);
+3. calibrate: train --calibrate-train seconds (train.py --time-limit; a checkpoint), then time the
+   sequential evaluation on --calibrate-users test users with that checkpoint: only its speed is
+   read, its scores are thrown away;
+4. plan: the evaluation needs (seconds per user x users x prompts + load time) x 1.15; training gets
+   the rest of the budget less the measured start-up cost and --margin; the step count that fits at
+   the calibrated rate becomes --max-steps, so the LR schedule ends where training ends (the
+   time limit stays as a backstop). If even --min-train seconds of training would leave too little
+   time to score every user, the evaluation is cut to the first N users (sorted ids) that fit, and
+   the summary says so;
+5. train (resumes the calibration checkpoint), then evaluate each prompt (seen, unseen) in its own
+   process, so one that runs out of budget leaves the others' results.
+
+Everything small comes back in --out (at most 8 files: summary.json/.md, one metrics_<template>.json
+per evaluated prompt, throughput.json, log_history.json, oneshot.log); the rest stays in --run.
+Config: the "train" and "evaluate" sections of --config, with "oneshot.train" / "oneshot.evaluate"
+over them and the budget knobs in "oneshot" (command-line flags win).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(HERE))
+from flags import to_flags  # noqa: E402
+
+
+class Budget:
+    def __init__(self, seconds: float):
+        self.t0 = time.monotonic()
+        self.seconds = seconds
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    def left(self) -> float:
+        return self.seconds - self.elapsed()
+
+
+class Runner:
+    """Runs stage commands with their output appended to one log; a failing stage ends the run."""
+
+    def __init__(self, log: Path, env: dict, after=None):
+        self.log, self.env, self.stages, self.after = log, env, {}, after
+
+    def __call__(self, name: str, cmd: list[str], timeout: float | None = None) -> float:
+        t = time.monotonic()
+        with open(self.log, "a", encoding="utf-8") as f:
+            f.write(f"\n$ {shlex.join(cmd)}\n")
+            f.flush()
+            try:
+                rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=self.env,
+                                    timeout=timeout).returncode
+            except subprocess.TimeoutExpired:
+                rc = "timeout"
+        sec = round(time.monotonic() - t, 2)
+        self.stages[name] = sec
+        if self.after is not None:
+            self.after()  # the summary so far, in case the machine's own limit ends the command
+        if rc != 0:
+            raise StageFailed(f"stage {name} {'ran out of time' if rc == 'timeout' else f'exited {rc}'} "
+                              f"after {sec:.0f}s; see {self.log}")
+        print(f"oneshot: {name} {sec:.1f}s", flush=True)
+        return sec
+
+
+class StageFailed(RuntimeError):
+    pass
+
+
+def load_sections(config: Path) -> tuple[dict, dict, dict]:
+    cfg = json.loads(config.read_text(encoding="utf-8"))
+    one = cfg.get("oneshot", {})
+    train = {**cfg["train"], **one.get("train", {})}
+    evaluate = {**cfg["evaluate"], **one.get("evaluate", {})}
+    for k in ("time_limit", "max_steps", "resume", "prepare_only"):  # this driver sets them
+        train.pop(k, None)
+    evaluate.pop("max_users", None)
+    return train, evaluate, one
+
+
+def plan(left: float, cal: dict, users: int, prompts: int, margin: float, min_train: float) -> dict:
+    """Split the seconds left between training and evaluation from the calibration timings."""
+    per_user = cal["eval_model_s"] / cal["eval_users"]
+    eval_fixed = max(0.0, cal["eval_wall_s"] - cal["eval_model_s"])
+    eval_need = 1.15 * prompts * (eval_fixed + per_user * users)  # one evaluation process per prompt
+    train_fixed = max(0.0, cal["train_wall_s"] - cal["train_s"])  # start-up, cache load, checkpoint save
+    train_s = left - eval_need - train_fixed - margin
+    eval_users = users
+    if train_s < min_train:
+        train_s = max(0.0, min(min_train, left - train_fixed - margin - 1.15 * prompts * eval_fixed))
+        room = left - train_s - train_fixed - margin
+        eval_users = max(0, min(users, int((room / (1.15 * prompts) - eval_fixed) / per_user)))
+    steps = int(cal["steps_per_s"] * train_s)
+    return {"train_s": round(train_s, 1), "extra_steps": steps, "eval_users": eval_users,
+            "eval_need_s": round(eval_need, 1), "per_user_s": round(per_user, 5), "train_fixed_s": round(train_fixed, 1)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python bench/beauty/oneshot.py", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--config", type=Path, default=HERE / "config.json", help="recipe config")
+    ap.add_argument("--budget", type=float, help="seconds for the whole command (default: config oneshot.budget_s)")
+    ap.add_argument("--run", type=Path, default=Path("runs/beauty-oneshot"), help="large files (data, cache, model)")
+    ap.add_argument("--out", type=Path, default=Path("runs/beauty-oneshot/out"), help="small results")
+    ap.add_argument("--beauty", type=Path, default=Path(os.environ.get("BEAUTY", REPO.parent / "shared/data/beauty")),
+                    help="raw Beauty folder (P5's files; env BEAUTY)")
+    ap.add_argument("--data", type=Path, help="an already converted dataset (skips data_prep)")
+    ap.add_argument("--python", default=sys.executable, help="interpreter for the stages")
+    args = ap.parse_args(argv)
+
+    try:
+        train, evaluate, one = load_sections(args.config)
+    except (OSError, ValueError, KeyError) as e:
+        print(f"error: {args.config}: {e}", file=sys.stderr)
+        return 2
+    budget = Budget(args.budget or float(one.get("budget_s", 540)))
+    cal_train = float(one.get("calibrate_train_s", 30))
+    cal_users = int(one.get("calibrate_users", 512))
+    margin, min_train = float(one.get("margin_s", 20)), float(one.get("min_train_s", 60))
+    tids = [t for t in str(evaluate.get("template_ids", "")).split(",") if t] or [None]
+    prompts = len(tids)
+
+    args.run.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    log = args.out / "oneshot.log"
+    log.write_text("")
+    env = {**os.environ, "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    summary: dict = {}
+
+    def save(status: str = "running") -> None:
+        summary["status"], summary["elapsed_s"] = status, round(budget.elapsed(), 1)
+        tmp = args.out / ".summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=1))
+        tmp.replace(args.out / "summary.json")
+
+    run = Runner(log, env, after=save)
+    py = args.python
+    data = args.data or (args.run / "data")
+    model = args.run / "model"
+    summary.update({"budget_s": budget.seconds, "config": str(args.config), "train_flags": train,
+                    "evaluate_flags": evaluate, "stages_s": run.stages})
+    try:
+        summary["commit"] = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                                           capture_output=True, text=True).stdout.strip() or "unknown"
+    except OSError:
+        summary["commit"] = "unknown"
+    tflags = to_flags(train) + ["--data", str(data), "--output", str(model)]
+    status = "failed"
+    try:
+        if args.data is None and not (data / "manifest.json").is_file():
+            run("convert", [py, "-m", "data_prep", "p5", "--input", str(args.beauty), "--output", str(data),
+                            "--name", "beauty"])
+        run("prepare", [py, "train.py", *tflags, "--prepare-only"])
+        # calibration: a short training stage (checkpointed), then timed scoring of a few users
+        run("calibrate_train", [py, "train.py", *tflags, "--pretokenize", "--resume", "--time-limit", str(cal_train)])
+        tp = json.loads((model / "throughput.json").read_text())
+        extra = ["--checkpoint", str(model), "--no-baselines", "--no-progress"]
+        cal_dir = args.run / "calibrate_eval"
+        # the same protocol on one seen prompt (its speed is what is read; the scores are discarded)
+        cal_flags = to_flags({**evaluate, "template_ids": tids[0]}) + extra
+        wall = run("calibrate_eval", [py, "-m", "p5x.evaluate", *cal_flags, "--max-users", str(cal_users),
+                                      "--out", str(cal_dir)])
+        meta = json.loads((cal_dir / "metrics.json").read_text())["meta"]
+        n_users = _eval_user_count(py, data, env)
+        cal = {"train_s": tp["seconds"], "train_wall_s": run.stages["calibrate_train"],
+               "steps_per_s": tp["global_step"] / max(tp["seconds"], 1e-9), "steps": tp["global_step"],
+               "eval_users": min(cal_users, n_users), "eval_model_s": meta["model_eval_seconds"], "eval_wall_s": wall}
+        p = plan(budget.left(), cal, n_users, prompts, margin, min_train)
+        summary.update(calibration=cal, plan=p, test_users=n_users)
+        print(f"oneshot: plan {json.dumps(p)}", flush=True)
+        if p["extra_steps"] > 0:
+            run("train", [py, "train.py", *tflags, "--pretokenize", "--resume",
+                          "--max-steps", str(cal["steps"] + p["extra_steps"]), "--time-limit", str(p["train_s"])])
+        tp = json.loads((model / "throughput.json").read_text())
+        summary["train"] = {"global_step": tp["global_step"], "max_steps": tp["max_steps"],
+                            "samples_per_s": tp.get("samples_per_s"), "tokens_per_s": tp.get("tokens_per_s"),
+                            "device": tp.get("device"), "bf16": tp.get("bf16")}
+        if p["eval_users"] < 1:
+            raise StageFailed("no time left to evaluate a single user")
+        cap = [] if p["eval_users"] >= n_users else ["--max-users", str(p["eval_users"])]
+        summary["eval_users"], summary["results"] = p["eval_users"], []
+        # one process per prompt: a prompt cut off by the budget does not take the others with it
+        for tid in tids:
+            tag = tid or "all"
+            eval_dir = args.run / f"eval_{tag}"
+            run(f"evaluate_{tag}", [py, "-m", "p5x.evaluate", *to_flags({**evaluate, "template_ids": tid}), *extra,
+                                    *cap, "--out", str(eval_dir)], timeout=max(1.0, budget.left()))
+            res = json.loads((eval_dir / "metrics.json").read_text())
+            summary["results"] += [{k: r.get(k) for k in ("task", "protocol", "templates", "template_ids", "n",
+                                                           "seconds", "ms_per_row", "metrics")} for r in res["rows"]]
+            shutil.copy(eval_dir / "metrics.json", args.out / f"metrics_{tag}.json")
+        status = "done"
+    except (StageFailed, OSError, ValueError, KeyError) as e:
+        summary["error"] = str(e)
+        print(f"oneshot: {e}", file=sys.stderr)
+    finally:
+        for f in ("throughput.json",):
+            if (model / f).is_file():
+                shutil.copy(model / f, args.out / f)
+        if (model / "trainer_state.json").is_file():
+            hist = json.loads((model / "trainer_state.json").read_text())["log_history"]
+            (args.out / "log_history.json").write_text(json.dumps(hist))
+        save(status)
+        (args.out / "summary.md").write_text(summary_md(summary))
+    print(summary_md(summary))
+    return 0 if status == "done" else 1
+
+
+def _eval_user_count(py: str, data: Path, env: dict) -> int:
+    """Test users of the split (users with at least three interactions), counted by p5x itself."""
+    code = ("import sys; from p5x.schema import load_dataset; from p5x.split import time_split; "
+            "print(len(time_split(load_dataset(sys.argv[1])).eval_users('test')))")
+    out = subprocess.run([py, "-c", code, str(data)], capture_output=True, text=True, env=env, cwd=REPO, check=True)
+    return int(out.stdout.strip())
+
+
+def summary_md(s: dict) -> str:
+    lines = [f"# Beauty one-shot run ({s.get('status')})", "",
+             f"commit {s.get('commit')}, budget {s.get('budget_s'):.0f} s, elapsed {s.get('elapsed_s')} s", ""]
+    if s.get("error"):
+        lines += [f"error: {s['error']}", ""]
+    lines += ["| stage | seconds |", "|---|---|"] + [f"| {k} | {v} |" for k, v in s.get("stages_s", {}).items()]
+    if "plan" in s:
+        lines += ["", f"plan: {json.dumps(s['plan'])}", f"calibration: {json.dumps(s['calibration'])}"]
+    if "train" in s:
+        lines += ["", f"training: {json.dumps(s['train'])}"]
+    if s.get("results"):
+        users = s.get("eval_users")
+        lines += ["", f"test users scored: {users} of {s.get('test_users')}", "",
+                  "| task | templates | HR@5 | NDCG@5 | HR@10 | NDCG@10 | invalid | ms/row |", "|---|---|---|---|---|---|---|---|"]
+        for r in s["results"]:
+            m = r["metrics"]
+            lines.append(f"| {r['task']} | {r['templates']} {','.join(r['template_ids'] or [])} | "
+                         + " | ".join(f"{m.get(k, float('nan')):.4f}" for k in ("HR@5", "NDCG@5", "HR@10", "NDCG@10", "invalid"))
+                         + f" | {r['ms_per_row']} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
