@@ -123,6 +123,7 @@ def test_beauty_recipe_scripts_parse():
     cfg = json.loads((REPO / "bench" / "beauty" / "config.json").read_text())
     fields = set(TrainConfig.__dataclass_fields__)
     assert set(cfg["train"]) <= fields, set(cfg["train"]) - fields
+    assert set(cfg["oneshot"]["train"]) <= fields, set(cfg["oneshot"]["train"]) - fields
 
 
 def test_pretokenized_run_evaluates_with_kept_templates(toy_dir, tmp_path, capsys):
