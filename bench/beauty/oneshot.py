@@ -100,7 +100,7 @@ def load_sections(config: Path) -> tuple[dict, dict, dict]:
 
 def plan(left: float, cal: dict, users: int, prompts: int, margin: float, min_train: float) -> dict:
     """Split the seconds left between training and evaluation from the calibration timings."""
-    per_user = cal["eval_model_s"] / cal["eval_users"]
+    per_user = max(cal["eval_model_s"] / max(cal["eval_users"], 1), 1e-6)
     eval_fixed = max(0.0, cal["eval_wall_s"] - cal["eval_model_s"])
     eval_need = 1.15 * prompts * (eval_fixed + per_user * users)  # one evaluation process per prompt
     train_fixed = max(0.0, cal["train_wall_s"] - cal["train_s"])  # start-up, cache load, checkpoint save
