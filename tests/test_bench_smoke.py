@@ -239,3 +239,14 @@ def test_device_setup_without_wheels_says_what_to_run(tmp_path):
     shutil.copy(REPO / "bench" / "beauty" / "device_setup.sh", d)
     r = subprocess.run(["bash", str(d / "device_setup.sh")], capture_output=True, text=True)
     assert r.returncode == 2 and "carry.sh" in r.stderr
+
+
+def test_oneshot_ablation_goes_over_the_train_flags(tmp_path):
+    load = _oneshot().load_sections
+    cfg = json.loads((REPO / "bench" / "beauty" / "config.json").read_text())
+    train, evaluate, one = load(REPO / "bench" / "beauty" / "config.json", "no_whole_word")
+    assert train["whole_word_embeddings"] == "off" and train["epochs"] == cfg["oneshot"]["train"]["epochs"]
+    assert "time_limit" not in train and "max_users" not in evaluate
+    assert load(REPO / "bench" / "beauty" / "config.json")[0]["whole_word_embeddings"] == "on"
+    with pytest.raises(KeyError, match="no_such"):
+        load(REPO / "bench" / "beauty" / "config.json", "no_such")

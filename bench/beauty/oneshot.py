@@ -87,10 +87,17 @@ class StageFailed(RuntimeError):
     pass
 
 
-def load_sections(config: Path) -> tuple[dict, dict, dict]:
+def load_sections(config: Path, ablation: str | None = None) -> tuple[dict, dict, dict]:
+    """(train flags, evaluate flags, oneshot knobs); an ablation's one flag goes over the train flags."""
     cfg = json.loads(config.read_text(encoding="utf-8"))
     one = cfg.get("oneshot", {})
-    train = {**cfg["train"], **one.get("train", {})}
+    abl = {}
+    if ablation:
+        known = cfg.get("ablations", {})
+        if ablation not in known:
+            raise KeyError(f"ablation {ablation!r} (known: {', '.join(known) or 'none'})")
+        abl = known[ablation]
+    train = {**cfg["train"], **one.get("train", {}), **abl}
     evaluate = {**cfg["evaluate"], **one.get("evaluate", {})}
     for k in ("time_limit", "max_steps", "resume", "prepare_only"):  # this driver sets them
         train.pop(k, None)
@@ -125,13 +132,15 @@ def main(argv=None) -> int:
     ap.add_argument("--beauty", type=Path, default=Path(os.environ.get("BEAUTY", REPO.parent / "shared/data/beauty")),
                     help="raw Beauty folder (P5's files; env BEAUTY)")
     ap.add_argument("--data", type=Path, help="an already converted dataset (skips data_prep)")
+    ap.add_argument("--ablation", help="one entry of the config's 'ablations' (e.g. no_whole_word) over the train flags; "
+                    "use its own --run and --out")
     ap.add_argument("--python", default=sys.executable, help="interpreter for the stages")
     args = ap.parse_args(argv)
 
     try:
-        train, evaluate, one = load_sections(args.config)
+        train, evaluate, one = load_sections(args.config, args.ablation)
     except (OSError, ValueError, KeyError) as e:
-        print(f"error: {args.config}: {e}", file=sys.stderr)
+        print(f"error: {args.config}: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
     budget = Budget(args.budget or float(one.get("budget_s", 540)))
     cal_train = float(one.get("calibrate_train_s", 30))
@@ -158,7 +167,8 @@ def main(argv=None) -> int:
     py = args.python
     data = args.data or (args.run / "data")
     model = args.run / "model"
-    summary.update({"budget_s": budget.seconds, "config": str(args.config), "train_flags": train,
+    summary.update({"budget_s": budget.seconds, "config": str(args.config), "ablation": args.ablation,
+                    "train_flags": train,
                     "evaluate_flags": evaluate, "stages_s": run.stages})
     try:
         summary["commit"] = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
