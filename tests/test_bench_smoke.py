@@ -197,7 +197,7 @@ def _oneshot_config(tmp_path) -> Path:
                      "save_steps": 1000, "logging_steps": 2, "use_cpu": True},
            "evaluate": {"tasks": "sequential", "templates": "seen,unseen", "template_ids": "sequential-1,sequential-13",
                         "beams": 5, "batch_size": 8, "device": "cpu"},
-           "oneshot": {"budget_s": 170, "calibrate_train_s": 2, "calibrate_users": 8, "margin_s": 5,
+           "oneshot": {"budget_s": 130, "calibrate_train_s": 2, "calibrate_users": 8, "margin_s": 5,
                        "min_train_s": 3}}
     path = tmp_path / "config.json"
     path.write_text(json.dumps(cfg))

@@ -40,8 +40,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-sys.path.insert(0, str(HERE))
+sys.path[:0] = [str(HERE), str(REPO)]
 from flags import to_flags  # noqa: E402
+
+from p5x.metrics import format_table, git_commit  # noqa: E402  (numpy only: no torch in the driver)
 
 
 class Budget:
@@ -170,11 +172,7 @@ def main(argv=None) -> int:
     summary.update({"budget_s": budget.seconds, "config": str(args.config), "ablation": args.ablation,
                     "train_flags": train,
                     "evaluate_flags": evaluate, "stages_s": run.stages})
-    try:
-        summary["commit"] = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                                           capture_output=True, text=True).stdout.strip() or "unknown"
-    except OSError:
-        summary["commit"] = "unknown"
+    summary["commit"] = git_commit() or "unknown"
     tflags = to_flags(train) + ["--data", str(data), "--output", str(model)]
     status = "failed"
     try:
@@ -217,8 +215,7 @@ def main(argv=None) -> int:
             run(f"evaluate_{tag}", [py, "-m", "p5x.evaluate", *to_flags({**evaluate, "template_ids": tid}), *extra,
                                     *cap, "--out", str(eval_dir)], timeout=max(1.0, budget.left()))
             res = json.loads((eval_dir / "metrics.json").read_text())
-            summary["results"] += [{k: r.get(k) for k in ("task", "protocol", "templates", "template_ids", "n",
-                                                           "seconds", "ms_per_row", "metrics")} for r in res["rows"]]
+            summary["results"] += res["rows"]
             shutil.copy(eval_dir / "metrics.json", args.out / f"metrics_{tag}.json")
         status = "done"
     except (StageFailed, OSError, ValueError, KeyError) as e:
@@ -257,13 +254,9 @@ def summary_md(s: dict) -> str:
         lines += ["", f"training: {json.dumps(s['train'])}"]
     if s.get("results"):
         users = s.get("eval_users")
-        lines += ["", f"test users scored: {users} of {s.get('test_users')}", "",
-                  "| task | templates | HR@5 | NDCG@5 | HR@10 | NDCG@10 | invalid | ms/row |", "|---|---|---|---|---|---|---|---|"]
-        for r in s["results"]:
-            m = r["metrics"]
-            lines.append(f"| {r['task']} | {r['templates']} {','.join(r['template_ids'] or [])} | "
-                         + " | ".join(f"{m.get(k, float('nan')):.4f}" for k in ("HR@5", "NDCG@5", "HR@10", "NDCG@10", "invalid"))
-                         + f" | {r['ms_per_row']} |")
+        lines += ["", f"test users scored: {users} of {s.get('test_users')} (ms per user and prompt: "
+                  + ", ".join(f"{','.join(r['template_ids'])} {r['ms_per_row']}" for r in s["results"]) + ")", "",
+                  format_table(s["results"])]
     return "\n".join(lines) + "\n"
 
 
