@@ -80,7 +80,7 @@ def batch_tokens(batch: dict, decoder_only: bool) -> tuple[int, int, int]:
     return src, tgt, batch["input_ids"].numel() + batch["labels"].numel()
 
 
-def prepare(args):
+def prepare(args, workdir: str):
     """(rows of one bucketed epoch, featurizer, model config objects) built the way train.py builds them."""
     from transformers import AutoTokenizer
 
@@ -108,7 +108,7 @@ def prepare(args):
     else:
         sample = rows.select(range(min(len(rows), 50_000)))
         texts = (t for r in sample for t in (r["inputs"], r["targets"]))
-        tok = train_sentencepiece(texts, tempfile.mkdtemp(prefix="p5x-tput-"), vocab_size=args.vocab_size,
+        tok = train_sentencepiece(texts, workdir, vocab_size=args.vocab_size,
                                   user_defined_symbols=pieces)
     side = "left" if spec.decoder_only and not args.full_vocab_loss else "right"  # as train.py pads
     feat = Featurizer(tok, spec.decoder_only, args.whole_word_embeddings == "on", args.max_source_len, 64,
@@ -191,7 +191,8 @@ def run(args) -> dict:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA device")
     torch.manual_seed(args.seed)
-    rows, feat, model, render_s, epoch_rows = prepare(args)
+    with tempfile.TemporaryDirectory(prefix="p5x-tput-") as workdir:  # the SentencePiece files, removed after
+        rows, feat, model, render_s, epoch_rows = prepare(args, workdir)
     costs = collate_costs(rows, feat, args.batch_size)
     st = timed_steps(model, rows, feat, args, device)
     sec = st["seconds"]

@@ -4,6 +4,7 @@ stages, throughput records, and the bench/ CLIs on toy data (tiny models, no tim
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -75,16 +76,20 @@ def test_cache_time_limit_and_resume(toy_dir, tmp_path):
         train(_cfg(toy_dir, tmp_path / "run", max_source_len=48, resume=True), make_rows=_no_rows)
 
 
-def _run(args, timeout=300):
-    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+def _run(args, timeout=300, env=None):
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env=env)
 
 
 def test_train_throughput_cli(toy_dir, tmp_path):
-    js = tmp_path / "tp.json"
+    js, scratch = tmp_path / "tp.json", tmp_path / "scratch"
+    scratch.mkdir()
     r = _run(["bench/train_throughput.py", "--data", str(toy_dir), "--model", "t5-tiny", "--batch-size", "4",
               "--steps", "2", "--warmup", "1", "--users", "10", "--vocab-size", "200", "--max-source-len", "96",
-              "--device", "cpu", "--peak-flops", "1e12", "--json", str(js)])
+              "--device", "cpu", "--peak-flops", "1e12", "--json", str(js)],
+             env={**os.environ, "TMPDIR": str(scratch)})
     assert r.returncode == 0, r.stderr[-2000:]
+    assert not list(scratch.glob("p5x-tput-*"))  # the SentencePiece scratch directory is removed
     res = json.loads(js.read_text())
     assert res["samples_per_s"] > 0 and res["tokens_per_s"] > 0 and 0 < res["mfu"] < 1
     assert res["params_per_token"]["encoder"] > 0 and 0 <= res["data_wait_share"] < 1
@@ -101,6 +106,14 @@ def test_train_throughput_decoder_only_both_loss_paths(toy_dir, tmp_path, full):
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(js.read_text())
     assert res["full_vocab_loss"] is full and res["samples_per_s"] > 0
+
+
+def test_render_bench_cli(toy_dir):
+    r = _run(["bench/render_bench.py", "--data", str(toy_dir), "--batch-size", "4"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "same rows in the same order: True" in r.stdout
+    bad = _run(["bench/render_bench.py", "--data", str(toy_dir), "--tasks", "nonesuch"])
+    assert bad.returncode == 2 and bad.stderr.startswith("error:")
 
 
 def test_decode_bench_cli(tmp_path):

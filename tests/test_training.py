@@ -126,3 +126,27 @@ def test_bucket_order_is_a_seeded_permutation_of_similar_length_batches():
     # padding saved: the padded size of bucketed batches is far below random batches
     padded = lambda o: sum(lengths[b].max() * len(b) for b in o.reshape(-1, 8))  # noqa: E731
     assert padded(order) < 0.7 * padded(rng.permutation(1000))
+
+
+@pytest.mark.parametrize("batch_size,workers", [(0, 1), (4, 1), (4, 2)])
+def test_render_epochs_rows_match_datasets_shuffle_and_select(toy_ds, batch_size, workers):
+    """render_epochs reorders with Arrow `take`; the rows and their order are exactly those of the
+    datasets pipeline it replaced (shuffle(seed + e) -> select(bucket_order) -> flatten_indices),
+    so runs recorded before the change describe the same training data."""
+    import datasets
+
+    from p5x import tasks
+    from p5x.training import bucket_order, render_epochs
+
+    ctx = tasks.make_context(toy_ds, seed=3)
+    fams = ["sequential", "direct"]
+    got = render_epochs(ctx, fams, epochs=2, seed=3, batch_size=batch_size, workers=workers)
+    parts = []
+    for e in range(2):
+        p = tasks.render(ctx, fams, "train", epoch=e).shuffle(seed=3 + e).flatten_indices()
+        if batch_size:
+            p = p.select(bucket_order([len(s) for s in p["inputs"]], batch_size, 3 + e))
+        parts.append(p)
+    want = datasets.concatenate_datasets(parts).flatten_indices()
+    assert len(got) > 20 and got.features == want.features
+    assert got.to_dict() == want.to_dict()
