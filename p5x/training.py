@@ -217,10 +217,17 @@ def bucket_order(lengths, batch_size: int, seed: int, window: int = 64) -> np.nd
 
 
 def tokenizer_corpus(rows, ds=None):
-    """Texts the SentencePiece model learns from: training prompts and targets plus item text."""
-    for r in rows:
-        yield r["inputs"]
-        yield r["targets"]
+    """Texts the SentencePiece model learns from: training prompts and targets plus item text.
+
+    Row order, each prompt before its target; read in Arrow batches (one Beauty epoch iterated
+    row by row as dicts cost ~10x more).
+    """
+    batches = rows.iter(batch_size=10_000) if hasattr(rows, "iter") else \
+        ({"inputs": [r["inputs"]], "targets": [r["targets"]]} for r in rows)
+    for b in batches:
+        for x, y in zip(b["inputs"], b["targets"]):
+            yield x
+            yield y
     if ds is not None:
         for it in ds.items.values():
             for t in (it.title, it.brand, it.description, *(it.categories or [])):

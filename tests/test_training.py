@@ -150,3 +150,18 @@ def test_render_epochs_rows_match_datasets_shuffle_and_select(toy_ds, batch_size
     want = datasets.concatenate_datasets(parts).flatten_indices()
     assert len(got) > 20 and got.features == want.features
     assert got.to_dict() == want.to_dict()
+
+
+def test_tokenizer_corpus_keeps_row_order(toy_ds):
+    """Batched reading gives the SentencePiece trainer the same texts in the same order (a changed
+    order could change the learned vocabulary)."""
+    from p5x import tasks
+    from p5x.training import tokenizer_corpus
+
+    rows = tasks.render(tasks.make_context(toy_ds, seed=0), ["sequential", "direct"], "train")
+    want = [t for r in rows.to_list() for t in (r["inputs"], r["targets"])]
+    assert len(want) > 20
+    assert list(tokenizer_corpus(rows)) == want
+    assert list(tokenizer_corpus(rows.to_list())) == want
+    items = list(tokenizer_corpus(rows, toy_ds))[len(want):]
+    assert items and all(isinstance(t, str) and t for t in items)
