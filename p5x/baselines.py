@@ -380,6 +380,7 @@ class BaselineConfig:
     mf_epochs: int = 100
     exclude_history: bool = False
     progress: bool = True
+    max_users: int | None = None  # score only the first N evaluated users (sorted ids), as p5x.evaluate
 
 
 def _row(model, task, protocol, metrics):
@@ -393,6 +394,8 @@ def run_baselines(ds: Dataset, cfg: BaselineConfig) -> list[dict]:
     users = split.eval_users(cfg.part)
     if not users:
         raise ConfigError(f"no user has a {cfg.part} interaction (every user has fewer than 3)")
+    if cfg.max_users is not None:  # the same users p5x.evaluate --max-users scores
+        users = sorted(users)[: cfg.max_users]
     hist = _histories(split, users, cfg.part)
     targets = [split.target(u, cfg.part).item_id for u in users]
     rows: list[dict] = []
@@ -431,7 +434,7 @@ def run_baselines(ds: Dataset, cfg: BaselineConfig) -> list[dict]:
                              M.ranking_metrics(ranked, targets, DIRECT_KS, DIRECT_NDCG_KS)))
         rows += _yes_no_rows(ds, split, item_ids, users, hist, cfg)
     if "rating" in cfg.tasks:
-        rows += _rating_rows(split, cfg)
+        rows += _rating_rows(split, cfg, set(users))
     return rows
 
 
@@ -448,9 +451,9 @@ def _yes_no_rows(ds, split, item_ids, users, hist, cfg) -> list[dict]:
     return [_row("sasrec-sigmoid", "direct yes/no (liked = rating > 3)", "-", {"AUC": M.auc(labels, p)})]
 
 
-def _rating_rows(split, cfg) -> list[dict]:
+def _rating_rows(split, cfg, users: set[str]) -> list[dict]:
     train = rating_train_records(split, cfg.part)
-    evals = rating_eval_records(split, cfg.part)
+    evals = [x for x in rating_eval_records(split, cfg.part) if x.user_id in users]
     if not train or not evals:
         return []  # a dataset without ratings has no rating task
     true = [x.rating for x in evals]
@@ -483,6 +486,9 @@ def main(argv=None) -> int:
                     help="sequential: drop the user's history items from the full ranking (off by default)")
     ap.add_argument("--threads", type=int, default=0,
                     help="CPU threads for torch (0: torch's default; 1 is far faster on a busy shared CPU)")
+    ap.add_argument("--max-users", type=int, default=None,
+                    help="score only the first N evaluated users by sorted id (the users p5x.evaluate "
+                         "--max-users N scores); training still uses every user's training part")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
     try:
@@ -493,7 +499,10 @@ def main(argv=None) -> int:
         if args.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("--device cuda: no CUDA device available")
         cfg = BaselineConfig(args.split, tasks, args.seed, args.epochs, args.device, args.dim, args.layers,
-                             args.dropout, args.mf_epochs, args.exclude_history, not args.no_progress)
+                             args.dropout, args.mf_epochs, args.exclude_history, not args.no_progress,
+                             args.max_users)
+        if args.max_users is not None and args.max_users < 1:
+            raise ConfigError(f"--max-users: expected >= 1, got {args.max_users}")
         if args.threads < 0:
             raise ConfigError(f"--threads: expected >= 0, got {args.threads}")
         if args.threads:
@@ -504,7 +513,7 @@ def main(argv=None) -> int:
         if args.out:
             meta = {"split": args.split, "indexing": "-", "templates": "-", "seed": args.seed,
                     "data_hash": ds.data_hash, "data": str(Path(args.data).resolve()),
-                    "device": M.device_name(args.device), "tasks": list(tasks),
+                    "device": M.device_name(args.device), "tasks": list(tasks), "max_users": args.max_users,
                     "config": {k: getattr(cfg, k) for k in ("epochs", "dim", "layers", "dropout", "mf_epochs",
                                                             "exclude_history")}}
             M.write_results(Path(args.out) / "metrics.json", rows, meta)

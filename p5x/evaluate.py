@@ -286,7 +286,7 @@ def evaluate(cfg: EvalConfig) -> tuple[list[dict], dict]:
         if tasks:
             rows += run_baselines(ds, BaselineConfig(part=cfg.split, tasks=tasks, seed=config.get("seed", 0),
                                                      epochs=cfg.baseline_epochs, device=device,
-                                                     progress=cfg.progress))
+                                                     progress=cfg.progress, max_users=cfg.max_users))
     meta = {"split": cfg.split, "indexing": config.get("indexing"), "seed": config.get("seed"),
             "templates": sorted({t for r in rows for t in r.get("template_ids", [])}),
             "data_hash": ds.data_hash, "data": str(Path(data).resolve()), "checkpoint": str(cfg.checkpoint),

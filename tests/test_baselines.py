@@ -120,6 +120,27 @@ def test_rank_candidates_breaks_ties_randomly():
     assert first < 0.3  # all tied: the target is first about 1 time in 10, not always
 
 
+def test_max_users_scores_the_first_users_by_sorted_id(three_users):
+    """Popularity ranks B A C D E; targets u1 D (rank 4), u2 A (rank 2), u3 E (rank 5). The first two
+    users by sorted id are u1 and u2, so NDCG@5 is the mean over those two only: the users a model
+    row of `p5x.evaluate --max-users 2` is scored on."""
+    rows = B.run_baselines(three_users, B.BaselineConfig(tasks=("sequential",), max_users=2, **FAST))
+    m = _row(rows, "popularity", "sequential")["metrics"]
+    assert m["NDCG@5"] == pytest.approx((1 / math.log2(4 + 1) + 1 / math.log2(2 + 1)) / 2)
+    assert B.main(["--data", str(three_users), "--max-users", "0"]) == 2
+
+
+def test_max_users_restricts_the_rating_records(toy_ds):
+    split = time_split(toy_ds)
+    first = sorted(split.eval_users("test"))[:3]
+    true = [split.target(u, "test").rating for u in first]
+    mu = B.global_mean(B.rating_train_records(split, "test"))
+    rows = B.run_baselines(toy_ds, B.BaselineConfig(tasks=("rating",), max_users=3, **FAST))
+    assert _row(rows, "global mean", "rating")["metrics"]["RMSE"] == pytest.approx(rmse([mu] * 3, true))
+    everyone = B.run_baselines(toy_ds, B.BaselineConfig(tasks=("rating",), **FAST))
+    assert _row(everyone, "global mean", "rating")["metrics"]["RMSE"] != pytest.approx(rmse([mu] * 3, true))
+
+
 def test_cli_writes_results_and_rejects_bad_tasks(toy_dir, tmp_path, capsys):
     out = tmp_path / "res"
     rc = B.main(["--data", str(toy_dir), "--tasks", "rating", "--out", str(out), "--mf-epochs", "5",

@@ -70,6 +70,16 @@ def test_evaluate_cli_writes_table_with_baselines(ckpt_dir, toy_ds, tmp_path, ca
     assert seq["metrics"]["invalid"] == 0.0 and 0.0 <= seq["metrics"]["NDCG@10"] <= 1.0
     assert "| p5x (t5-tiny) |" in capsys.readouterr().out
     assert (out / "metrics.md").read_text().count("\n") > 5
+    # the baselines are scored on the same 4 users as the model, not on every test user
+    from p5x.baselines import BaselineConfig, run_baselines
+
+    pop = next(r for r in rows if r["model"] == "popularity" and r["task"] == "sequential")
+    same = run_baselines(toy_ds, BaselineConfig(tasks=("sequential",), epochs=1, dim=16, layers=1, progress=False,
+                                                max_users=4))
+    everyone = run_baselines(toy_ds, BaselineConfig(tasks=("sequential",), epochs=1, dim=16, layers=1,
+                                                    progress=False))
+    assert pop["metrics"] == next(r for r in same if r["model"] == "popularity")["metrics"]
+    assert pop["metrics"] != next(r for r in everyone if r["model"] == "popularity")["metrics"]
 
 
 def _gen(*args):
