@@ -14,6 +14,7 @@ import argparse
 import json
 import math
 import sys
+import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -393,8 +394,6 @@ class TimedCollator:
         self.inner, self.seconds, self.batches = inner, 0.0, 0
 
     def __call__(self, rows):
-        import time
-
         t0 = time.perf_counter()
         out = self.inner(rows)
         self.seconds += time.perf_counter() - t0
@@ -409,8 +408,6 @@ class ThroughputMeter:
     """
 
     def __init__(self, collate_seconds0=None):
-        import time
-
         self.t0 = self.t_last = time.perf_counter()
         self.samples = self.samples_last = 0
         self.tokens = self.tokens_last = 0
@@ -437,8 +434,6 @@ class ThroughputMeter:
 
     def interval(self, collator) -> dict:
         """Rates since the previous call, as log entries."""
-        import time
-
         self._sync()
         now = time.perf_counter()
         dt = max(now - self.t_last, 1e-9)
@@ -453,8 +448,6 @@ class ThroughputMeter:
 
     def summary(self, collator) -> dict:
         """Totals and rates over this process's training steps (one stage of a resumed run)."""
-        import time
-
         self._sync()
         dt = max(time.perf_counter() - self.t0, 1e-9)
         collate = getattr(collator, "seconds", 0.0) - self.collate0
@@ -662,13 +655,18 @@ def train(cfg: TrainConfig, make_rows=task_rows, callbacks=()) -> Path:
         print(f"note: no checkpoint in {out} to resume from; starting fresh", file=sys.stderr)
     key = cache_key(cfg, ds)
     cached = load_cache(out, key) if cfg.pretokenize else None
+    took: dict[str, float] = {}  # seconds per preparation stage, printed once the rows are ready
     if cached is not None:  # rows, indexes and tokenizer exactly as the run that built them
         index, user_index, tokenizer, rows = cached
     else:
+        t0 = time.perf_counter()
         index, user_index, rows = make_rows(ds, cfg)
+        took["render"] = time.perf_counter() - t0
         pieces = list(index.pieces()) + (list(user_index.pieces()) if user_index is not None else [])
+        t0 = time.perf_counter()
         tokenizer = build_tokenizer(cfg, spec, pieces, rows.select(range(min(len(rows), 200_000))), ds,
                                     resume_from)
+        took["tokenizer"] = time.perf_counter() - t0
     # a resumed run keeps the target encoding it started with (absent: written before the key existed)
     target_space = None
     if resume_from is not None:
@@ -680,9 +678,14 @@ def train(cfg: TrainConfig, make_rows=task_rows, callbacks=()) -> Path:
                             cfg.max_source_len, cfg.max_target_len, cfg.max_words,
                             padding_side="left" if spec.decoder_only else "right", target_space=target_space)
     if cfg.pretokenize and cached is None:
+        t0 = time.perf_counter()
         rows = pretokenize(rows, featurizer, cfg.workers)
         save_cache(out, key, index, user_index, tokenizer, rows)
         rows = load_cache(out, key)[3]  # memory-mapped from disk rather than held in RAM
+        took["pre-tokenize + save"] = time.perf_counter() - t0
+    if took:
+        print(f"prepared {len(rows)} rows: " + ", ".join(f"{k} {v:.1f} s" for k, v in took.items()),
+              file=sys.stderr)
     if cfg.prepare_only:
         print(f"pre-tokenized {len(rows)} rows into {out / CACHE_DIR}", file=sys.stderr)
         return out

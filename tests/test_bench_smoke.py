@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -160,7 +161,7 @@ def test_pretokenized_run_evaluates_with_kept_templates(toy_dir, tmp_path, capsy
     assert "sequential-99" in capsys.readouterr().err
 
 
-def test_parallel_prepare_gives_the_same_rows(toy_dir, tmp_path):
+def test_parallel_prepare_gives_the_same_rows(toy_dir, tmp_path, capsys):
     """Epochs rendered in forked workers and tokenized with num_proc equal the in-process result."""
     import datasets
 
@@ -169,6 +170,9 @@ def test_parallel_prepare_gives_the_same_rows(toy_dir, tmp_path):
         out = tmp_path / f"w{w}"
         train(_cfg(toy_dir, out, epochs=2, workers=w, prepare_only=True))
         got[w] = datasets.load_from_disk(str(out / "pretokenized" / "rows"))
+        # the stage times a GPU run's log reports
+        assert re.search(r"prepared \d+ rows: render [\d.]+ s, tokenizer [\d.]+ s, pre-tokenize \+ save [\d.]+ s",
+                         capsys.readouterr().err)
     assert len(got[1]) == len(got[2]) > 0
     assert got[1]["input_ids"] == got[2]["input_ids"] and got[1]["labels"] == got[2]["labels"]
 
