@@ -727,8 +727,12 @@ def write_throughput(out: Path, trainer, model, cfg: TrainConfig, collator) -> N
         return
     from .metrics import device_name
 
+    rows = len(trainer.train_dataset)
+    per_step = cfg.batch_size * cfg.grad_accum * max(trainer.args.world_size, 1)
     res = {**meter.summary(collator), "global_step": trainer.state.global_step, "max_steps": trainer.state.max_steps,
            "done": trainer.state.global_step >= trainer.state.max_steps, "batch_size": cfg.batch_size,
+           # rows = every rendered epoch; passes > 1 when --max-steps ran past them (the rows repeat)
+           "rows": rows, "passes": round(trainer.state.global_step * per_step / max(rows, 1), 4),
            "grad_accum": cfg.grad_accum, "params": sum(p.numel() for p in model.parameters()),
            "bf16": bool(trainer.args.bf16), "pretokenized": cfg.pretokenize,
            "device": device_name("cpu" if trainer.args.use_cpu or not torch.cuda.is_available() else "cuda")}

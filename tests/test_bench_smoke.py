@@ -206,6 +206,20 @@ def test_oneshot_plan_splits_the_time_left():
     assert p["train_s"] == 60.0 and 0 < p["eval_users"] < 100_000
     spent = lambda users: 60 + 20 + 20 + 1.15 * 2 * (10 + 0.01 * users)  # noqa: E731
     assert spent(p["eval_users"]) <= 150.0 < spent(p["eval_users"] + 1)
+    # a step cap (max_passes over the prepared rows) counts the calibration's steps too
+    cal["steps"] = 300
+    assert plan(500.0, cal, users=1000, prompts=2, margin=20.0, min_train=60.0, max_steps=1000)["extra_steps"] == 700
+    assert plan(500.0, cal, users=1000, prompts=2, margin=20.0, min_train=60.0, max_steps=200)["extra_steps"] == 0
+
+
+def test_oneshot_rejects_a_bad_max_passes(tmp_path):
+    path = _oneshot_config(tmp_path)
+    cfg = json.loads(path.read_text())
+    cfg["oneshot"]["max_passes"] = 0
+    path.write_text(json.dumps(cfg))
+    r = _run(["bench/beauty/oneshot.py", "--config", str(path), "--data", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert r.returncode == 2 and r.stderr.startswith("error:") and "max_passes" in r.stderr
+    assert not (tmp_path / "o").exists()
 
 
 def _oneshot_config(tmp_path) -> Path:
@@ -214,8 +228,10 @@ def _oneshot_config(tmp_path) -> Path:
                      "save_steps": 1000, "logging_steps": 2, "use_cpu": True},
            "evaluate": {"tasks": "sequential", "templates": "seen,unseen", "template_ids": "sequential-1,sequential-13",
                         "beams": 5, "batch_size": 8, "device": "cpu"},
-           "oneshot": {"budget_s": 130, "calibrate_train_s": 2, "calibrate_users": 8, "margin_s": 5,
-                       "min_train_s": 3}}
+           # one pass at most: on an idle machine the run ends when the toy epoch does (~80 s), and the
+           # large budget leaves room for every stage on a loaded one
+           "oneshot": {"budget_s": 300, "calibrate_train_s": 2, "calibrate_users": 8, "margin_s": 5,
+                       "min_train_s": 3, "max_passes": 1}}
     path = tmp_path / "config.json"
     path.write_text(json.dumps(cfg))
     return path
@@ -231,6 +247,7 @@ def test_oneshot_runs_every_stage_inside_its_budget(toy_dir, tmp_path):
     assert s["status"] == "done" and set(s["stages_s"]) == {"prepare", "calibrate_train", "calibrate_eval",
                                                             "train", "evaluate_sequential-1", "evaluate_sequential-13"}
     assert s["train"]["global_step"] == s["train"]["max_steps"] > s["calibration"]["steps"]
+    assert s["train"]["rows"] > 0 and 0 < s["train"]["passes"] <= 1.0  # oneshot.max_passes 1
     assert {r["templates"] for r in s["results"]} == {"seen", "unseen"}
     assert s["eval_users"] == s["test_users"] > 0
     assert sorted(p.name for p in out.iterdir()) == sorted(

@@ -107,8 +107,13 @@ def load_sections(config: Path, ablation: str | None = None) -> tuple[dict, dict
     return train, evaluate, one
 
 
-def plan(left: float, cal: dict, users: int, prompts: int, margin: float, min_train: float) -> dict:
-    """Split the seconds left between training and evaluation from the calibration timings."""
+def plan(left: float, cal: dict, users: int, prompts: int, margin: float, min_train: float,
+         max_steps: int | None = None) -> dict:
+    """Split the seconds left between training and evaluation from the calibration timings.
+
+    max_steps: a cap on the total optimizer steps (oneshot.max_passes over the prepared rows);
+    None lets training fill its time, passing over the prepared rows again if it gets through them.
+    """
     per_user = max(cal["eval_model_s"] / max(cal["eval_users"], 1), 1e-6)
     eval_fixed = max(0.0, cal["eval_wall_s"] - cal["eval_model_s"])
     eval_need = 1.15 * prompts * (eval_fixed + per_user * users)  # one evaluation process per prompt
@@ -120,6 +125,8 @@ def plan(left: float, cal: dict, users: int, prompts: int, margin: float, min_tr
         room = left - train_s - train_fixed - margin
         eval_users = max(0, min(users, int((room / (1.15 * prompts) - eval_fixed) / per_user)))
     steps = int(cal["steps_per_s"] * train_s)
+    if max_steps is not None:
+        steps = max(0, min(steps, max_steps - cal["steps"]))
     return {"train_s": round(train_s, 1), "extra_steps": steps, "eval_users": eval_users,
             "eval_need_s": round(eval_need, 1), "per_user_s": round(per_user, 5), "train_fixed_s": round(train_fixed, 1)}
 
@@ -148,6 +155,11 @@ def main(argv=None) -> int:
     cal_train = float(one.get("calibrate_train_s", 30))
     cal_users = int(one.get("calibrate_users", 512))
     margin, min_train = float(one.get("margin_s", 20)), float(one.get("min_train_s", 60))
+    max_passes = one.get("max_passes")  # absent/null: training fills its time, the rows repeat if need be
+    if max_passes is not None and not (isinstance(max_passes, (int, float)) and max_passes > 0):
+        print(f"error: {args.config}: oneshot.max_passes must be a positive number or null, got {max_passes!r}",
+              file=sys.stderr)
+        return 2
     tids = [t for t in str(evaluate.get("template_ids", "")).split(",") if t] or [None]
     prompts = len(tids)
 
@@ -194,7 +206,10 @@ def main(argv=None) -> int:
         cal = {"train_s": tp["seconds"], "train_wall_s": run.stages["calibrate_train"],
                "steps_per_s": tp["global_step"] / max(tp["seconds"], 1e-9), "steps": tp["global_step"],
                "eval_users": min(cal_users, n_users), "eval_model_s": meta["model_eval_seconds"], "eval_wall_s": wall}
-        p = plan(budget.left(), cal, n_users, prompts, margin, min_train)
+        steps_cap = None
+        if max_passes:  # the steps of max_passes passes over the prepared rows
+            steps_cap = int(max_passes * tp["rows"] // (tp["batch_size"] * tp.get("grad_accum", 1)))
+        p = plan(budget.left(), cal, n_users, prompts, margin, min_train, steps_cap)
         summary.update(calibration=cal, plan=p, test_users=n_users)
         print(f"oneshot: plan {json.dumps(p)}", flush=True)
         if p["extra_steps"] > 0:
@@ -202,6 +217,7 @@ def main(argv=None) -> int:
                           "--max-steps", str(cal["steps"] + p["extra_steps"]), "--time-limit", str(p["train_s"])])
         tp = json.loads((model / "throughput.json").read_text())
         summary["train"] = {"global_step": tp["global_step"], "max_steps": tp["max_steps"],
+                            "rows": tp.get("rows"), "passes": tp.get("passes"),
                             "samples_per_s": tp.get("samples_per_s"), "tokens_per_s": tp.get("tokens_per_s"),
                             "device": tp.get("device"), "bf16": tp.get("bf16")}
         if p["eval_users"] < 1:
