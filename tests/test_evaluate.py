@@ -139,3 +139,17 @@ def test_all_mixture_includes_preference_when_data_allows(ckpt_dir, toy_ds):
     cfg = json.loads((ckpt_dir / "p5x_config.json").read_text())
     assert toy_ds.has("rating") and toy_ds.has("title")
     assert cfg["tasks"] == ["rating", "sequential", "direct", "explanation", "review", "preference"]
+
+
+def test_prediction_diversity_cli(ckpt_dir, toy_dir, tmp_path):
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "prediction_diversity.py"), "--checkpoint", str(ckpt_dir),
+                        "--data", str(toy_dir), "--users", "6", "--beams", "4"],
+                       capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(r.stdout)
+    assert res["users"] == 6 and 1 <= res["distinct_top1"] <= 6 and 1 <= res["distinct_in_top4"] <= 24
+    assert 0 <= res["share_of_slots_in_100_most_popular"] <= 1 and 0 <= res["share_of_slots_from_own_history"] <= 1
+    bad = subprocess.run([sys.executable, str(REPO / "bench" / "prediction_diversity.py"), "--checkpoint",
+                          str(ckpt_dir), "--data", str(tmp_path / "missing")], capture_output=True, text=True,
+                         timeout=300, cwd=REPO)
+    assert bad.returncode == 2 and bad.stderr.startswith("error:")
