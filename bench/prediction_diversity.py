@@ -14,6 +14,7 @@ import argparse
 import collections
 import json
 import sys
+from pathlib import Path
 
 
 def main(argv=None) -> int:
@@ -25,6 +26,7 @@ def main(argv=None) -> int:
     ap.add_argument("--template", default="sequential-1", help="sequential template id")
     ap.add_argument("--beams", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--json", help="also write the numbers to this file")
     args = ap.parse_args(argv)
 
     import numpy as np
@@ -63,6 +65,10 @@ def main(argv=None) -> int:
            "share_of_slots_from_own_history": round(float(np.mean([len(set(r) & hist[u]) / len(r)
                                                                     for u, r in by_user.items()])), 4)}
     print(json.dumps(res, indent=1))
+    if args.json:
+        tmp = Path(args.json).with_suffix(".tmp")
+        tmp.write_text(json.dumps(res, indent=1))
+        tmp.replace(args.json)
     return 0
 
 

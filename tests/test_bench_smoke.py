@@ -198,7 +198,7 @@ def test_oneshot_plan_splits_the_time_left():
     plan = _oneshot().plan
     cal = {"train_s": 30.0, "train_wall_s": 50.0, "steps_per_s": 10.0, "eval_users": 100,
            "eval_model_s": 1.0, "eval_wall_s": 11.0}  # 10 ms per user and prompt, 10 s to load
-    p = plan(500.0, cal, users=1000, prompts=2, margin=20.0, min_train=60.0)
+    p = p_full = plan(500.0, cal, users=1000, prompts=2, margin=20.0, min_train=60.0)
     assert p["eval_users"] == 1000 and p["eval_need_s"] == pytest.approx(1.15 * (2 * 10 + 20))
     assert p["train_s"] == pytest.approx(500 - 46 - 20 - 20, abs=0.1) and p["extra_steps"] == int(10 * p["train_s"])
     # too little time for every user: train the minimum, score the first users that fit
@@ -210,6 +210,13 @@ def test_oneshot_plan_splits_the_time_left():
     cal["steps"] = 300
     assert plan(500.0, cal, users=1000, prompts=2, margin=20.0, min_train=60.0, max_steps=1000)["extra_steps"] == 700
     assert plan(500.0, cal, users=1000, prompts=2, margin=20.0, min_train=60.0, max_steps=200)["extra_steps"] == 0
+    # the diversity check's scoring process is planned in: 10 s to start + 500 users at 10 ms
+    d = plan(500.0, cal, users=1000, prompts=2, margin=20.0, min_train=60.0, diversity_users=500)
+    assert d["diversity_s"] == pytest.approx(15.0) and d["eval_need_s"] == pytest.approx(1.15 * (40 + 15), abs=0.1)
+    assert d["train_s"] == pytest.approx(p_full["train_s"] - 1.15 * 15, abs=0.1)
+    # short of time, the check is dropped before any test user is cut
+    d = plan(150.0, cal, users=100_000, prompts=2, margin=20.0, min_train=60.0, diversity_users=500)
+    assert d["diversity_s"] == 0.0 and d["eval_users"] == p["eval_users"]
 
 
 def test_oneshot_rejects_a_bad_max_passes(tmp_path):
@@ -244,8 +251,10 @@ def test_oneshot_runs_every_stage_inside_its_budget(toy_dir, tmp_path):
               "--run", str(tmp_path / "run"), "--out", str(out)], timeout=400)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     s = json.loads((out / "summary.json").read_text())
-    assert s["status"] == "done" and set(s["stages_s"]) == {"prepare", "calibrate_train", "calibrate_eval",
-                                                            "train", "evaluate_sequential-1", "evaluate_sequential-13"}
+    assert s["status"] == "done" and set(s["stages_s"]) == {"prepare", "calibrate_train", "calibrate_eval", "train",
+                                                            "evaluate_sequential-1", "evaluate_sequential-13",
+                                                            "diversity"}
+    assert s["diversity"]["users"] == s["test_users"] and s["diversity"]["distinct_top1"] >= 1
     assert s["train"]["global_step"] == s["train"]["max_steps"] > s["calibration"]["steps"]
     assert s["train"]["rows"] > 0 and 0 < s["train"]["passes"] <= 1.0  # oneshot.max_passes 1
     assert {r["templates"] for r in s["results"]} == {"seen", "unseen"}

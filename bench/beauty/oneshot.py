@@ -46,6 +46,9 @@ from flags import to_flags  # noqa: E402
 from p5x.metrics import format_table, git_commit  # noqa: E402  (numpy only: no torch in the driver)
 
 
+DIVERSITY_USERS = 500  # users the post-evaluation diversity check ranks (its time is planned in)
+
+
 class Budget:
     def __init__(self, seconds: float):
         self.t0 = time.monotonic()
@@ -108,26 +111,32 @@ def load_sections(config: Path, ablation: str | None = None) -> tuple[dict, dict
 
 
 def plan(left: float, cal: dict, users: int, prompts: int, margin: float, min_train: float,
-         max_steps: int | None = None) -> dict:
+         max_steps: int | None = None, diversity_users: int = 0) -> dict:
     """Split the seconds left between training and evaluation from the calibration timings.
 
     max_steps: a cap on the total optimizer steps (oneshot.max_passes over the prepared rows);
     None lets training fill its time, passing over the prepared rows again if it gets through them.
+    diversity_users: also reserve one more scoring process over that many users (the diversity check).
     """
     per_user = max(cal["eval_model_s"] / max(cal["eval_users"], 1), 1e-6)
     eval_fixed = max(0.0, cal["eval_wall_s"] - cal["eval_model_s"])
-    eval_need = 1.15 * prompts * (eval_fixed + per_user * users)  # one evaluation process per prompt
+    diversity = (eval_fixed + per_user * min(diversity_users, users)) if diversity_users else 0.0
+    # one evaluation process per prompt, then the diversity check
+    eval_need = 1.15 * (prompts * (eval_fixed + per_user * users) + diversity)
     train_fixed = max(0.0, cal["train_wall_s"] - cal["train_s"])  # start-up, cache load, checkpoint save
     train_s = left - eval_need - train_fixed - margin
     eval_users = users
+    if train_s < min_train and diversity_users:  # short of time: the optional check goes first
+        return plan(left, cal, users, prompts, margin, min_train, max_steps, 0)
     if train_s < min_train:
         train_s = max(0.0, min(min_train, left - train_fixed - margin - 1.15 * prompts * eval_fixed))
-        room = left - train_s - train_fixed - margin
+        room = left - train_s - train_fixed - margin - 1.15 * diversity
         eval_users = max(0, min(users, int((room / (1.15 * prompts) - eval_fixed) / per_user)))
     steps = int(cal["steps_per_s"] * train_s)
     if max_steps is not None:
         steps = max(0, min(steps, max_steps - cal["steps"]))
     return {"train_s": round(train_s, 1), "extra_steps": steps, "eval_users": eval_users,
+            "diversity_s": round(diversity, 1),
             "eval_need_s": round(eval_need, 1), "per_user_s": round(per_user, 5), "train_fixed_s": round(train_fixed, 1)}
 
 
@@ -209,7 +218,7 @@ def main(argv=None) -> int:
         steps_cap = None
         if max_passes:  # the steps of max_passes passes over the prepared rows
             steps_cap = int(max_passes * tp["rows"] // (tp["batch_size"] * tp.get("grad_accum", 1)))
-        p = plan(budget.left(), cal, n_users, prompts, margin, min_train, steps_cap)
+        p = plan(budget.left(), cal, n_users, prompts, margin, min_train, steps_cap, DIVERSITY_USERS)
         summary.update(calibration=cal, plan=p, test_users=n_users)
         print(f"oneshot: plan {json.dumps(p)}", flush=True)
         if p["extra_steps"] > 0:
@@ -234,6 +243,19 @@ def main(argv=None) -> int:
             summary["results"] += res["rows"]
             shutil.copy(eval_dir / "metrics.json", args.out / f"metrics_{tag}.json")
         status = "done"
+        # optional, in what the margin leaves: does the ranking depend on the history at all?
+        # (a model collapsed onto the item prior scores near popularity; bench/prediction_diversity.py)
+        if budget.left() > p["diversity_s"] + 5:
+            div = args.run / "diversity.json"
+            try:
+                run("diversity", [py, "bench/prediction_diversity.py", "--checkpoint", str(model), "--data", str(data),
+                                  "--users", str(DIVERSITY_USERS), "--template", tids[0] or "sequential-1",
+                                  "--beams", str(evaluate.get("beams", 20)),
+                                  "--batch-size", str(evaluate.get("batch_size", 16)), "--json", str(div)],
+                    timeout=budget.left() - 5)
+                summary["diversity"] = json.loads(div.read_text())
+            except (StageFailed, OSError, ValueError) as e:
+                summary["diversity_error"] = str(e)  # a diagnostic: the run's results stand without it
     except (StageFailed, OSError, ValueError, KeyError) as e:
         summary["error"] = str(e)
         print(f"oneshot: {e}", file=sys.stderr)
@@ -268,6 +290,8 @@ def summary_md(s: dict) -> str:
         lines += ["", f"plan: {json.dumps(s['plan'])}", f"calibration: {json.dumps(s['calibration'])}"]
     if "train" in s:
         lines += ["", f"training: {json.dumps(s['train'])}"]
+    if "diversity" in s:
+        lines += ["", f"prediction diversity: {json.dumps(s['diversity'])}"]
     if s.get("results"):
         users = s.get("eval_users")
         lines += ["", f"test users scored: {users} of {s.get('test_users')} (ms per user and prompt: "
