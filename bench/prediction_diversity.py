@@ -26,10 +26,12 @@ def main(argv=None) -> int:
     ap.add_argument("--template", default="sequential-1", help="sequential template id")
     ap.add_argument("--beams", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
     ap.add_argument("--json", help="also write the numbers to this file")
     args = ap.parse_args(argv)
 
     import numpy as np
+    import torch
 
     from p5x.baselines import popularity_counts
     from p5x.checkpoint import load_checkpoint
@@ -43,7 +45,8 @@ def main(argv=None) -> int:
         if args.users < 1:
             raise P5XError(f"--users: expected >= 1, got {args.users}")
         ds = load_dataset(args.data)
-        ck = load_checkpoint(args.checkpoint, data=args.data)
+        device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        ck = load_checkpoint(args.checkpoint, data=args.data, device=device)
         ev = Evaluator(ck, ds, EvalConfig(args.checkpoint, max_users=args.users))
         users = ev.users()
         rows = render(ev.ctx, ["sequential"], "test", templates=[args.template], users=users)

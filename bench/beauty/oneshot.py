@@ -243,15 +243,16 @@ def main(argv=None) -> int:
             summary["results"] += res["rows"]
             shutil.copy(eval_dir / "metrics.json", args.out / f"metrics_{tag}.json")
         status = "done"
-        # optional, in what the margin leaves: does the ranking depend on the history at all?
-        # (a model collapsed onto the item prior scores near popularity; bench/prediction_diversity.py)
+        # optional, its time planned in: does the ranking depend on the history at all? (a model
+        # collapsed onto the item prior scores near popularity; bench/prediction_diversity.py)
         if budget.left() > p["diversity_s"] + 5:
             div = args.run / "diversity.json"
             try:
                 run("diversity", [py, "bench/prediction_diversity.py", "--checkpoint", str(model), "--data", str(data),
                                   "--users", str(DIVERSITY_USERS), "--template", tids[0] or "sequential-1",
                                   "--beams", str(evaluate.get("beams", 20)),
-                                  "--batch-size", str(evaluate.get("batch_size", 16)), "--json", str(div)],
+                                  "--batch-size", str(evaluate.get("batch_size", 16)),
+                                  "--device", str(evaluate.get("device", "auto")), "--json", str(div)],
                     timeout=budget.left() - 5)
                 summary["diversity"] = json.loads(div.read_text())
             except (StageFailed, OSError, ValueError) as e:
