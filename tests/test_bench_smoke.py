@@ -255,7 +255,10 @@ def test_oneshot_runs_every_stage_inside_its_budget(toy_dir, tmp_path):
                                                             "evaluate_sequential-1", "evaluate_sequential-13",
                                                             "diversity"}
     assert s["diversity"]["users"] == s["test_users"] and s["diversity"]["distinct_top1"] >= 1
-    assert s["train"]["global_step"] == s["train"]["max_steps"] > s["calibration"]["steps"]
+    # the planned steps all ran, or (a machine slower than its calibration) the time limit ended them and said so
+    assert s["calibration"]["steps"] < s["train"]["global_step"] <= s["train"]["max_steps"]
+    if s["train"]["global_step"] < s["train"]["max_steps"]:
+        assert "reached at step" in (out / "oneshot.log").read_text()
     assert s["train"]["rows"] > 0 and 0 < s["train"]["passes"] <= 1.0  # oneshot.max_passes 1
     assert {r["templates"] for r in s["results"]} == {"seen", "unseen"}
     assert s["eval_users"] == s["test_users"] > 0
