@@ -391,11 +391,9 @@ def run_baselines(ds: Dataset, cfg: BaselineConfig) -> list[dict]:
     """Every baseline for every requested task; rows in p5x.metrics.format_table's format."""
     split = time_split(ds)
     item_ids = list(ds.items)
-    users = split.eval_users(cfg.part)
+    users = split.eval_users(cfg.part, cfg.max_users)
     if not users:
         raise ConfigError(f"no user has a {cfg.part} interaction (every user has fewer than 3)")
-    if cfg.max_users is not None:  # the same users p5x.evaluate --max-users scores
-        users = sorted(users)[: cfg.max_users]
     hist = _histories(split, users, cfg.part)
     targets = [split.target(u, cfg.part).item_id for u in users]
     rows: list[dict] = []

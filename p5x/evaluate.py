@@ -185,7 +185,7 @@ class Evaluator:
         """The evaluated users: all of the part, or the first --max-users of them (sorted ids)."""
         if self.cfg.max_users is None:
             return None
-        return sorted(self.ctx.split.eval_users(self.cfg.split))[: self.cfg.max_users]
+        return self.ctx.split.eval_users(self.cfg.split, self.cfg.max_users)
 
     def template_ids(self, family: str, group: str) -> list[str]:
         """The group's templates, cut to --template-ids and to the first --per-kind of each kind."""

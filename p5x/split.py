@@ -32,8 +32,11 @@ class Split:
             h.append(self.valid[user])
         return h
 
-    def eval_users(self, split: str) -> list[str]:
-        return list(self.valid if split == "valid" else self.test)
+    def eval_users(self, split: str, max_users: int | None = None) -> list[str]:
+        """Users with a `split` interaction; with max_users, the first that many by sorted id (the
+        subset p5x.evaluate --max-users and p5x.baselines --max-users both score)."""
+        users = list(self.valid if split == "valid" else self.test)
+        return users if max_users is None else sorted(users)[:max_users]
 
     def target(self, user: str, split: str) -> Interaction:
         return (self.valid if split == "valid" else self.test)[user]

@@ -145,13 +145,6 @@ def parse_args(argv=None) -> TrainConfig:
 _RENDER_JOB: tuple = ()  # (ctx, families, seed) inherited by forked render workers
 
 
-def _arrow_table(ds):
-    """The pyarrow table behind an in-memory datasets.Dataset, in its current row order."""
-    if ds._indices is not None:
-        ds = ds.flatten_indices()
-    return ds.data.table
-
-
 def _render_one(e: int):
     """Epoch e's rows as a pyarrow table, shuffled as Dataset.shuffle(seed=seed + e) orders them.
 
@@ -162,7 +155,7 @@ def _render_one(e: int):
     from . import tasks
 
     ctx, families, seed = _RENDER_JOB
-    table = _arrow_table(tasks.render(ctx, families, "train", epoch=e))
+    table = tasks.render(ctx, families, "train", epoch=e).data.table  # in-memory, no indices mapping
     return table.take(np.random.default_rng(seed + e).permutation(len(table)))
 
 
