@@ -130,7 +130,7 @@ def plan(left: float, cal: dict, users: int, prompts: int, margin: float, min_tr
         return plan(left, cal, users, prompts, margin, min_train, max_steps, 0)
     if train_s < min_train:
         train_s = max(0.0, min(min_train, left - train_fixed - margin - 1.15 * prompts * eval_fixed))
-        room = left - train_s - train_fixed - margin - 1.15 * diversity
+        room = left - train_s - train_fixed - margin  # (no diversity check on this path)
         eval_users = max(0, min(users, int((room / (1.15 * prompts) - eval_fixed) / per_user)))
     steps = int(cal["steps_per_s"] * train_s)
     if max_steps is not None:
