@@ -53,6 +53,7 @@ from operator import itemgetter
 import numpy as np
 
 from .errors import ConfigError, P5XError, close_matches
+from .paths import SAMPLE_DATA
 from .indexing import ItemIndex, build_index, build_user_index
 from .schema import Dataset, Interaction
 from .split import Split, time_split
@@ -619,7 +620,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m p5x.tasks", description="Render prompt families.")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("show", help="print rendered samples of a family on a normalized dataset")
-    s.add_argument("--data", required=True, help="normalized dataset directory (see p5x.schema)")
+    s.add_argument("--data", default=str(SAMPLE_DATA),
+                   help="normalized dataset directory (see p5x.schema; default: the bundled sample)")
     s.add_argument("--task", default="all", help="family name or 'all' (default: all)")
     s.add_argument("-n", type=int, default=5, help="how many rows to print (default: 5)")
     s.add_argument("--part", default="train", choices=PARTS, help="split part (default: train)")

@@ -169,6 +169,13 @@ def test_cli_show(toy_dir, capsys):
     assert capsys.readouterr().err.startswith("error: unknown task family")
 
 
+def test_cli_show_defaults_to_bundled_sample(capsys):
+    # the README's second `tasks show` example gives no --data
+    assert tasks.main(["show", "--task", "direct", "--part", "test", "-n", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# ") and "(direct, test," in out and out.count("input :") == 3
+
+
 def test_preference_rows(ctx):
     rows = render(ctx, "preference", "test", templates="all")
     assert len(rows) == len(ctx.split.test) * len(ctx.templates["preference"].templates)
