@@ -21,6 +21,10 @@ Three item indexings (see docs/DESIGN.md, "Evaluation protocol" 1):
   cluster of their own at each level, and nodes too small or degenerate for spectral clustering are
   cut into equal chunks in a seeded order.
 
+- atomic: the random numbering written as one piece `<i0_{n}>` per item, so each item is a
+  single token with an embedding of its own (N new tokens; SASRec's item table, in effect), and a
+  100-candidate prompt needs ~100 id tokens instead of ~300.
+
 Users are indexed with the random method only (pieces `<u{L}_{digit}>`).
 """
 
@@ -40,7 +44,7 @@ from .errors import CheckpointError, ConfigError, close_matches
 from .schema import Dataset
 from .split import Split
 
-METHODS = ("random", "sequential", "collaborative")
+METHODS = ("random", "sequential", "collaborative", "atomic")
 PIECE_RE = re.compile(r"<([iu])(\d+)_(\d+)>")
 FORMAT = "p5x-id-index"
 
@@ -153,17 +157,19 @@ def number_of(pieces, base: int) -> int:
     return n
 
 
-def _digits(numbers: dict[str, int], letter: str) -> dict[str, tuple[str, ...]]:
-    """Write each number as ID_LEVELS base-b digits (b from the catalogue size), one piece per digit.
+def _digits(numbers: dict[str, int], letter: str,
+            levels: int = ID_LEVELS) -> dict[str, tuple[str, ...]]:
+    """Write each number as `levels` base-b digits (b from the catalogue size), one piece per digit.
 
     Decimal digits would give Beauty's 12,101 items five pieces each, and a 100-candidate prompt
     ~600 tokens; three base-23 digits keep it near 400 with the same id for every sentence.
+    levels=1 makes every id one token of its own (`atomic`).
     """
-    base = digit_base(len(numbers))
+    base = digit_base(len(numbers), levels)
     out = {}
     for raw, n in numbers.items():
         digits = []
-        for _ in range(ID_LEVELS):
+        for _ in range(levels):
             n, d = divmod(n, base)
             digits.append(d)
         out[raw] = tuple(f"<{letter}{pos}_{d}>" for pos, d in enumerate(reversed(digits)))
@@ -277,6 +283,8 @@ def build_index(ds: Dataset, split: Split, method: str = "random", seed: int = 0
         codes = _digits(_random_numbers(ids, seed), "i")
     elif method == "sequential":
         codes = _digits(_sequential_numbers(ds, split, seed), "i")
+    elif method == "atomic":
+        codes = _digits(_random_numbers(ids, seed), "i", levels=1)
     elif method == "collaborative":
         if n_clusters < 2:
             raise ConfigError(f"n_clusters must be at least 2, got {n_clusters}")

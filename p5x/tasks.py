@@ -625,7 +625,7 @@ def main(argv=None) -> int:
     s.add_argument("--task", default="all", help="family name or 'all' (default: all)")
     s.add_argument("-n", type=int, default=5, help="how many rows to print (default: 5)")
     s.add_argument("--part", default="train", choices=PARTS, help="split part (default: train)")
-    s.add_argument("--index", default="random", help="item indexing: random, sequential, collaborative")
+    s.add_argument("--index", default="random", help="item indexing: random, sequential, collaborative, atomic")
     s.add_argument("--templates", default="seen", help="seen, unseen, all, or comma-separated ids")
     s.add_argument("--epoch", type=int, default=0, help="training epoch (re-draws the mixture)")
     s.add_argument("--seed", type=int, default=0)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, P5XError
+from .indexing import METHODS
 
 FAMILIES = ("rating", "sequential", "direct", "explanation", "review")
 EXTRA_FAMILIES = ("zeroshot", "preference")  # trainable by name (p5x.tasks), not part of "all"
@@ -50,7 +51,7 @@ class TrainConfig:
     warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
     seed: int = field(default=0, metadata={"help": "seed for init, indexing, rendering and data order"})
-    index: str = field(default="random", metadata={"help": "item indexing: random, sequential or collaborative"})
+    index: str = field(default="random", metadata={"help": "item indexing: random, sequential, collaborative or atomic (one token per item)"})
     whole_word_embeddings: str = field(default="on", metadata={"help": "add whole-word embeddings: on or off"})
     peft: str = field(default="none", metadata={"help": "parameter-efficient tuning: none or lora"})
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank"})
@@ -97,7 +98,7 @@ class TrainConfig:
         return names
 
     def validate(self) -> "TrainConfig":
-        for name, allowed in (("index", ("random", "sequential", "collaborative")),
+        for name, allowed in (("index", METHODS),
                               ("whole_word_embeddings", ("on", "off")), ("peft", ("none", "lora")),
                               ("bf16", ("auto", "on", "off"))):
             if getattr(self, name) not in allowed:

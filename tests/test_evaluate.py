@@ -153,3 +153,19 @@ def test_prediction_diversity_cli(ckpt_dir, toy_dir, tmp_path):
                           str(ckpt_dir), "--data", str(tmp_path / "missing")], capture_output=True, text=True,
                          timeout=300, cwd=REPO)
     assert bad.returncode == 2 and bad.stderr.startswith("error:")
+
+
+def test_atomic_ids_train_and_rank(toy_dir, toy_ds, tmp_path):
+    """--index atomic: every item one token of its own; ranking still returns real, distinct items."""
+    cfg = TrainConfig(data=str(toy_dir), output=str(tmp_path / "atomic"), tasks="sequential,direct", epochs=1,
+                      batch_size=16, max_steps=3, save_steps=100, use_cpu=True, vocab_size=300,
+                      index="atomic", max_source_len=256, max_target_len=24)
+    ck = load_checkpoint(train(cfg), data=toy_ds)
+    assert ck.index.method == "atomic" and {len(c) for c in ck.index.codes.values()} == {1}
+    ids = ck.tokenizer.convert_tokens_to_ids(sorted(ck.index.pieces()))
+    assert len(set(ids)) == len(toy_ds.items) and ck.tokenizer.unk_token_id not in ids
+    user = next(iter(ck.user_index.codes))
+    ranked, invalid = rank_items(ck, [f"what will user {ck.user_index.text(user)} buy next ?"],
+                                 build_item_trie(ck), beams=6, progress=False)
+    assert invalid == 0 and len(ranked[0]) == len(set(ranked[0])) >= 6
+    assert all(i in toy_ds.items for i in ranked[0])

@@ -12,7 +12,7 @@ from p5x.indexing import ID_LEVELS, PIECE_RE, ItemIndex, build_index, build_user
 from p5x.schema import Dataset, Interaction, Item
 from p5x.split import time_split
 
-METHODS = ("random", "sequential", "collaborative")
+from p5x.indexing import METHODS  # noqa: E402  (every method, atomic included)
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +54,17 @@ def test_random_digits_follow_the_catalogue_size(toy_ds, toy_split):
     assert numbers == list(range(n))
     assert {len(c) for c in ix.codes.values()} == {ID_LEVELS}
     assert all(int(PIECE_RE.fullmatch(p).group(3)) < base for c in ix.codes.values() for p in c)
+
+
+def test_atomic_is_the_random_numbering_one_token_each(toy_ds, toy_split):
+    ix = build_index(toy_ds, toy_split, "atomic", seed=3)
+    rnd = build_index(toy_ds, toy_split, "random", seed=3)
+    n = len(toy_ds.items)
+    assert {len(c) for c in ix.codes.values()} == {1} and ix.method == "atomic"
+    assert sorted(int(PIECE_RE.fullmatch(c[0]).group(3)) for c in ix.codes.values()) == list(range(n))
+    # the same seeded permutation as random: item k's atomic number is its random number
+    assert all(number_of(ix.codes[i], n) == number_of(rnd.codes[i], digit_base(n)) for i in ix.codes)
+    assert len(ix.pieces()) == n  # one new token per item
 
 
 def test_save_load_round_trip_and_bad_files(tmp_path, toy_index):
