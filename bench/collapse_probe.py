@@ -1,0 +1,114 @@
+"""Probe: can a from-scratch p5x T5 learn the toy successor rule, and what in the prompt mixture stops it?
+
+The toy dataset (p5x.toydata) walks users along item cycles, so the next item is always the
+successor of the last one (a bigram on training histories scores 1.0). This script trains the
+run's own backbone (t5-tiny by default) with p5x's tokenizer, featurizer and model in a plain loop
+and prints the top-1 accuracy of the first decoded token on the validation targets, so the prompt
+mixture can be varied one factor at a time:
+
+    python bench/collapse_probe.py --prompt text --kinds all     # what train.py trains on
+    python bench/collapse_probe.py --prompt text --kinds next    # next-item prompts only
+    python bench/collapse_probe.py --prompt ids --kinds next     # the id sequence alone
+    ... --whole-word off
+
+Atomic ids (one token per item) make the first decoded token the whole answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import tempfile
+
+import numpy as np
+import torch
+
+from p5x.features import Featurizer
+from p5x.modeling import resolve_backbone
+from p5x.schema import load_dataset
+from p5x.tasks import make_context, render
+from p5x.toydata import make_toy_dataset
+from p5x.training import TrainConfig, build_model, build_tokenizer, task_rows
+
+ID = re.compile(r"<i0_\d+>")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--prompt", choices=("text", "ids"), default="text",
+                   help="text: the rendered templates; ids: only the item ids of each prompt")
+    p.add_argument("--kinds", choices=("all", "next"), default="all",
+                   help="all: every sequential kind (next, candidates, yes/no); next: next-item rows only")
+    p.add_argument("--whole-word", choices=("on", "off"), default="on")
+    p.add_argument("--model", default="t5-tiny")
+    p.add_argument("--users", type=int, default=1000)
+    p.add_argument("--items", type=int, default=148)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--every", type=int, default=200, help="report every N steps")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    if a.steps < 1 or a.every < 1 or a.users < 3 or a.items < 8:
+        p.error("--steps/--every must be >= 1, --users >= 3, --items >= 8")
+    torch.manual_seed(a.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        make_toy_dataset(tmp, n_users=a.users, n_items=a.items, seed=a.seed)
+        ds = load_dataset(tmp)
+    cfg = TrainConfig(data="toy", tasks="sequential", index="atomic", epochs=1, seed=a.seed, bf16="off",
+                      model=a.model, whole_word_embeddings=a.whole_word).validate()
+    spec = resolve_backbone(a.model)
+    if spec.decoder_only:
+        p.error("--model: an encoder-decoder (T5) backbone")
+    ix, ux, rendered = task_rows(ds, cfg)
+
+    def prep(text):
+        return " ".join(ID.findall(text)) if a.prompt == "ids" else text
+
+    rows = [{"inputs": prep(r["inputs"]), "targets": r["targets"]} for r in rendered
+            if a.kinds == "all" or r["kind"] == "next"]
+    tok = build_tokenizer(cfg, spec, list(ix.pieces()) + list(ux.pieces()), rendered, ds, None)
+    model = build_model(cfg, spec, tok)
+    feat = Featurizer(tok, False, a.whole_word == "on", 512, 24, 512)
+    val = render(make_context(ds, "atomic", a.seed, index=ix, user_index=ux), ["sequential"], "valid",
+                 templates=["sequential-1"])
+    val_in = [prep(t) for t in val["inputs"]]
+    val_tgt = torch.tensor(tok.convert_tokens_to_ids([ix.codes[i][0] for i in val["item_id"]]))
+    item_tok = torch.tensor(tok.convert_tokens_to_ids(sorted(ix.pieces())))
+
+    @torch.no_grad()
+    def accuracy() -> float:
+        model.eval()
+        hits = 0
+        for i in range(0, len(val_in), 128):
+            b = feat.encode_prompts(val_in[i:i + 128])
+            start = torch.zeros((b["input_ids"].shape[0], 1), dtype=torch.long)
+            logits = model.backbone(inputs_embeds=model.embed(b["input_ids"], b.get("whole_word_ids")),
+                                    attention_mask=b["attention_mask"], decoder_input_ids=start).logits[:, 0]
+            hits += int((item_tok[logits[:, item_tok].argmax(-1)] == val_tgt[i:i + 128]).sum())
+        model.train()
+        return hits / len(val_in)
+
+    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.0)
+    order = np.random.default_rng(a.seed).permutation(len(rows))
+    print(f"{len(rows)} training rows ({a.prompt}, kinds {a.kinds}, whole-word {a.whole_word}); "
+          f"{len(val_in)} validation users; e.g. {rows[0]['inputs']!r} -> {rows[0]['targets']!r}")
+    model.train()
+    for step in range(1, a.steps + 1):
+        k = ((step - 1) * a.batch_size) % len(rows)
+        batch = feat([rows[j] for j in order[k:k + a.batch_size]])
+        batch.pop("task_ids", None)
+        loss = model(**batch).loss
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % a.every == 0 or step == a.steps:
+            print(f"step {step}: loss {loss.item():.3f}, validation top-1 accuracy {accuracy():.3f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
