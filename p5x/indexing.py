@@ -4,7 +4,7 @@ Every id is a tuple of pieces `<{kind}{level}_{value}>` (kind "i" for items, "u"
 text is the pieces joined with no spaces, e.g. `<i0_3><i1_0><i2_7>`. Tokenizers register every
 piece as one atomic token, so an id tokenizes identically wherever it stands in a sentence.
 
-Three item indexings (see docs/DESIGN.md, "Evaluation protocol" 1):
+Four item indexings (see docs/DESIGN.md, "Evaluation protocol" 1):
 
 - random (default): a seeded permutation numbers the items 0..N-1; a number is written as
   ID_LEVELS (3) digits in base b, the smallest base with b**3 >= N (Beauty: 23), digit at
