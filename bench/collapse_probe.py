@@ -71,7 +71,7 @@ def main(argv=None) -> int:
             if a.kinds == "all" or r["kind"] == "next"]
     tok = build_tokenizer(cfg, spec, list(ix.pieces()) + list(ux.pieces()), rendered, ds, None)
     model = build_model(cfg, spec, tok)
-    feat = Featurizer(tok, False, a.whole_word == "on", 512, 24, 512)
+    feat = Featurizer(tok, False, a.whole_word == "on", cfg.max_source_len, cfg.max_target_len, cfg.max_words)
     val = render(make_context(ds, "atomic", a.seed, index=ix, user_index=ux), ["sequential"], "valid",
                  templates=["sequential-1"])
     val_in = [prep(t) for t in val["inputs"]]
@@ -84,9 +84,8 @@ def main(argv=None) -> int:
         hits = 0
         for i in range(0, len(val_in), 128):
             b = feat.encode_prompts(val_in[i:i + 128])
-            start = torch.zeros((b["input_ids"].shape[0], 1), dtype=torch.long)
-            logits = model.backbone(inputs_embeds=model.embed(b["input_ids"], b.get("whole_word_ids")),
-                                    attention_mask=b["attention_mask"], decoder_input_ids=start).logits[:, 0]
+            start = torch.full((b["input_ids"].shape[0], 1), model.config.decoder_start_token_id)
+            logits = model(**b, decoder_input_ids=start).logits[:, 0]  # the first answer step
             hits += int((item_tok[logits[:, item_tok].argmax(-1)] == val_tgt[i:i + 128]).sum())
         model.train()
         return hits / len(val_in)

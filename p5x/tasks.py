@@ -53,8 +53,8 @@ from operator import itemgetter
 import numpy as np
 
 from .errors import ConfigError, P5XError, close_matches
-from .paths import SAMPLE_DATA
 from .indexing import ItemIndex, build_index, build_user_index
+from .paths import SAMPLE_DATA
 from .schema import Dataset, Interaction
 from .split import Split, time_split
 from .templates import Family, Template, load_templates

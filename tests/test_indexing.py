@@ -8,11 +8,9 @@ import numpy as np
 import pytest
 
 from p5x.errors import CheckpointError, ConfigError
-from p5x.indexing import ID_LEVELS, PIECE_RE, ItemIndex, build_index, build_user_index, digit_base, number_of
+from p5x.indexing import ID_LEVELS, METHODS, PIECE_RE, ItemIndex, build_index, build_user_index, digit_base, number_of
 from p5x.schema import Dataset, Interaction, Item
 from p5x.split import time_split
-
-from p5x.indexing import METHODS  # noqa: E402  (every method, atomic included)
 
 
 @pytest.fixture(scope="module")
