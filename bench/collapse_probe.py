@@ -78,12 +78,13 @@ def main(argv=None) -> int:
     val_tgt = torch.tensor(tok.convert_tokens_to_ids([ix.codes[i][0] for i in val["item_id"]]))
     item_tok = torch.tensor(tok.convert_tokens_to_ids(sorted(ix.pieces())))
 
+    val_batches = [(i, feat.encode_prompts(val_in[i:i + 128])) for i in range(0, len(val_in), 128)]  # once
+
     @torch.no_grad()
     def accuracy() -> float:
         model.eval()
         hits = 0
-        for i in range(0, len(val_in), 128):
-            b = feat.encode_prompts(val_in[i:i + 128])
+        for i, b in val_batches:
             start = torch.full((b["input_ids"].shape[0], 1), model.config.decoder_start_token_id)
             logits = model(**b, decoder_input_ids=start).logits[:, 0]  # the first answer step
             hits += int((item_tok[logits[:, item_tok].argmax(-1)] == val_tgt[i:i + 128]).sum())
