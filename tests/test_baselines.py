@@ -69,6 +69,48 @@ def test_sasrec_beats_popularity_on_planted_sequences(toy_ds):
     assert 0.0 <= auc <= 1.0
 
 
+def test_transition_scores_by_hand(tmp_path):
+    """Train sequences u1: A B C, u2: A B D, u3: A C, u4: B (valid/test after them). Successor counts:
+    A->B 2, A->C 1, B->C 1, B->D 1; popularity A3 B3 C2 D1 E0 orders the rest."""
+    seqs = {"u1": "ABCDE", "u2": "ABDEC", "u3": "ACBD", "u4": "BAE"}
+    inters = [Interaction(u, i, 5.0, t) for u, s in seqs.items() for t, i in enumerate(s)]
+    ds = write_dataset(tmp_path / "m", "m", "test", [Item(c) for c in "ABCDE"], inters)
+    split = time_split(ds)
+    items = list("ABCDE")
+    t = B.TransitionScorer(split, items)
+    assert t.counts.toarray()[0].tolist() == [0, 2, 1, 0, 0]
+    s = t([["A"], ["B"], ["E"], [], ["x-unknown"]]).numpy()
+    order = [[items[j] for j in np.argsort(-r, kind="stable")] for r in s]
+    assert order[0] == list("BCADE")          # successors of A first (B 2, C 1), then by popularity
+    assert order[1] == list("CDABE")          # C and D follow B once each; C is the more popular
+    assert order[2] == order[3] == order[4] == list("ABCDE")  # no successor / empty / unknown: popularity
+    # candidate scores are the same numbers, read at each user's own candidates
+    cands = [["E", "C", "B"], ["D", "A", "C"]]
+    got = t.candidate_scores([["A"], ["B"]], cands)
+    assert np.allclose(got, [[s[0, items.index(i)] for i in cands[0]], [s[1, items.index(i)] for i in cands[1]]])
+    assert np.allclose(t.candidate_scores([[], ["B"]], cands)[0], [t.prior[items.index(i)] for i in cands[0]])
+
+
+def test_transition_reads_the_last_item_on_planted_sequences(toy_ds):
+    """The toy next item is the successor of the last one: transition is near perfect, popularity is not."""
+    rows = B.run_baselines(toy_ds, B.BaselineConfig(tasks=("sequential", "direct"), **FAST))
+    trans, pop = _row(rows, "transition", "sequential")["metrics"], _row(rows, "popularity", "sequential")["metrics"]
+    assert trans["HR@5"] > 0.9 and trans["HR@5"] > pop["HR@5"] + 0.5
+    assert _row(rows, "transition", "direct")["metrics"]["HR@1"] > 0.9
+
+
+def test_models_selects_the_ranking_baselines(three_users, tmp_path, capsys):
+    rows = B.run_baselines(three_users, B.BaselineConfig(tasks=("sequential", "direct"),
+                                                         models=("transition",), **FAST))
+    assert {r["model"] for r in rows} == {"transition"} and {r["task"] for r in rows} == {"sequential", "direct"}
+    assert B.main(["--data", str(three_users.root), "--tasks", "sequential", "--models", "popularity,transition",
+                   "--out", str(tmp_path / "o"), "--no-progress"]) == 0
+    meta = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert {r["model"] for r in meta["rows"]} == {"popularity", "transition"}
+    assert B.main(["--data", str(three_users.root), "--models", "popularity,bigram"]) == 2
+    assert "--models" in capsys.readouterr().err
+
+
 def test_score_sasrec_shapes(toy_ds):
     split = time_split(toy_ds)
     items = list(toy_ds.items)
