@@ -79,6 +79,39 @@ TRAIN_COUNTS = {
     "zeroshot": {"next_text": 1},
     "preference": {"preference": 5},
 }
+
+
+def parse_kind_counts(spec: str) -> dict[str, dict[str, int]]:
+    """TRAIN_COUNTS with the overrides of a "family.kind=N,..." string (N >= 0; 0 drops the kind).
+
+    e.g. "sequential.next=15,sequential.yesno=0" trains three times as many next-item prompts per
+    user and no sequential yes/no prompts. Only the per-user kinds above have counts; record kinds
+    (rating, explanation, review) render one prompt per training interaction.
+    """
+    out = {f: dict(c) for f, c in TRAIN_COUNTS.items()}
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        name, eq, n = part.partition("=")
+        family, dot, kind = name.strip().partition(".")
+        if not eq or not dot:
+            raise ConfigError(f"--kind-counts: expected family.kind=N, got {part!r}")
+        if family not in out:
+            raise ConfigError(f"--kind-counts: {part!r}: family {family!r} has no per-user kinds; choose from "
+                              + ", ".join(out) + close_matches(family, list(out)))
+        if kind not in out[family]:
+            raise ConfigError(f"--kind-counts: {part!r}: {family} has no kind {kind!r}; choose from "
+                              + ", ".join(out[family]) + close_matches(kind, list(out[family])))
+        try:
+            count = int(n)
+        except ValueError:
+            count = -1
+        if count < 0:
+            raise ConfigError(f"--kind-counts: {part!r}: expected a whole number >= 0, got {n.strip()!r}")
+        out[family][kind] = count
+    return out
+
+
 # dataset fields a family cannot do without
 NEEDS = {"rating": ("rating",), "explanation": ("review",), "review": ("review",),
          "zeroshot": ("title",), "preference": ("rating", "title")}
@@ -99,6 +132,8 @@ class TaskContext:
     templates: dict[str, Family]
     seed: int = 0
     cache: dict = field(default_factory=dict, repr=False, compare=False)
+    # training prompts per user, epoch and kind (parse_kind_counts); None: TRAIN_COUNTS
+    train_counts: dict | None = None
 
 
 def make_context(ds: Dataset, index_method: str = "random", seed: int = 0,
@@ -410,7 +445,7 @@ RECORD_KINDS = frozenset({"rating", "rating_check", "like", "explain", "explain_
 
 def _train_user_samples(ctx, family, pool, rng, users) -> list[Sample]:
     out = []
-    counts = {k: n for k, n in TRAIN_COUNTS.get(family, {}).items() if k in pool}
+    counts = {k: n for k, n in (ctx.train_counts or TRAIN_COUNTS).get(family, {}).items() if k in pool and n > 0}
     if not counts:
         return out
     need = 1 if family in ("direct",) else 2
@@ -600,6 +635,8 @@ def _show(args) -> None:
 
     ds = load_dataset(args.data)
     ctx = make_context(ds, args.index, args.seed)
+    if args.kind_counts:
+        ctx.train_counts = parse_kind_counts(args.kind_counts)
     templates = args.templates if args.templates in ("seen", "unseen", "all") else args.templates.split(",")
     users = sorted(ctx.split.train)
     if args.users:  # a seeded subset keeps `show` quick on large datasets
@@ -627,6 +664,8 @@ def main(argv=None) -> int:
     s.add_argument("--part", default="train", choices=PARTS, help="split part (default: train)")
     s.add_argument("--index", default="random", help="item indexing: random, sequential, collaborative, atomic")
     s.add_argument("--templates", default="seen", help="seen, unseen, all, or comma-separated ids")
+    s.add_argument("--kind-counts", default="",
+                   help="training prompts per user of a kind, as train.py --kind-counts (e.g. sequential.next=15)")
     s.add_argument("--epoch", type=int, default=0, help="training epoch (re-draws the mixture)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--shuffle", action="store_true", help="print a random selection of rows")

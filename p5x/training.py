@@ -23,9 +23,9 @@ import torch
 
 from .errors import ConfigError, P5XError
 from .indexing import METHODS
+from .tasks import EXTRA_FAMILIES, FAMILIES, TRAIN_COUNTS
 
-FAMILIES = ("rating", "sequential", "direct", "explanation", "review")
-EXTRA_FAMILIES = ("zeroshot", "preference")  # trainable by name (p5x.tasks), not part of "all"
+_COUNTS_HELP = "; ".join(f"{f}: " + ", ".join(f"{k} {n}" for k, n in c.items()) for f, c in TRAIN_COUNTS.items())
 
 
 def default_data() -> Path:
@@ -52,6 +52,9 @@ class TrainConfig:
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
     seed: int = field(default=0, metadata={"help": "seed for init, indexing, rendering and data order"})
     index: str = field(default="random", metadata={"help": "item indexing: random, sequential, collaborative or atomic (one token per item)"})
+    kind_counts: str = field(default="", metadata={"help": "training prompts per user and epoch of a kind, over "
+                                                   "P5's counts (" + _COUNTS_HELP + "): family.kind=N,..., e.g. "
+                                                   "sequential.next=15; 0 drops a kind"})
     whole_word_embeddings: str = field(default="on", metadata={"help": "add whole-word embeddings: on or off"})
     peft: str = field(default="none", metadata={"help": "parameter-efficient tuning: none or lora"})
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank"})
@@ -118,6 +121,11 @@ class TrainConfig:
             raise ConfigError("--holdout-users: only meaningful with --shots")
         if self.shots and self.families() != ["preference"]:
             raise ConfigError("--shots: few-shot sampling is defined for --tasks preference only")
+        if self.kind_counts:
+            from .tasks import parse_kind_counts
+            parse_kind_counts(self.kind_counts)
+            if self.shots:
+                raise ConfigError("--kind-counts: not used with --shots (few-shot draws exactly N preference rows)")
         if self.merge and self.peft != "lora":
             raise ConfigError("--merge: needs --peft lora (there is no adapter to merge)")
         self.families()
@@ -554,7 +562,6 @@ def trained_families(rows, cfg: TrainConfig) -> list[str]:
     if "task" not in rows.column_names:
         return cfg.families()
     present = set(rows.unique("task"))
-    from .tasks import EXTRA_FAMILIES, FAMILIES
     return [f for f in FAMILIES + EXTRA_FAMILIES if f in present]
 
 
@@ -568,6 +575,9 @@ def task_rows(ds, cfg: TrainConfig):
     from .tasks import resolve_families
 
     ctx = make_context(ds, index_method=cfg.index, seed=cfg.seed)
+    if cfg.kind_counts:
+        from .tasks import parse_kind_counts
+        ctx.train_counts = parse_kind_counts(cfg.kind_counts)
     # 'all' is the standard families plus those the data supports (preference: ratings and titles)
     families = resolve_families(ctx, "all") if cfg.tasks == "all" else cfg.families()
     return ctx.index, ctx.user_index, render_epochs(ctx, families, cfg.epochs, cfg.seed, cfg.batch_size,
@@ -577,13 +587,16 @@ def task_rows(ds, cfg: TrainConfig):
 CACHE_DIR = "pretokenized"
 CACHE_FORMAT = 2  # bump when the encoding of rows changes (2: decoder-only text targets after a space)
 _CACHE_FIELDS = ("tasks", "model", "epochs", "batch_size", "seed", "index", "max_source_len", "max_target_len",
-                 "max_words", "vocab_size", "shots", "holdout_users", "holdout_seed")
+                 "max_words", "vocab_size", "shots", "holdout_users", "holdout_seed", "kind_counts")
 
 
 def cache_key(cfg: TrainConfig, ds) -> dict:
     """What the pre-tokenized rows depend on; a cache with another key is rebuilt, never reused."""
-    return {"data_hash": ds.data_hash, "templates_hash": templates_hash(), "format": CACHE_FORMAT,
-            **{k: getattr(cfg, k) for k in _CACHE_FIELDS}}
+    key = {"data_hash": ds.data_hash, "templates_hash": templates_hash(), "format": CACHE_FORMAT,
+           **{k: getattr(cfg, k) for k in _CACHE_FIELDS}}
+    if not key["kind_counts"]:  # caches written before the option existed stay valid
+        del key["kind_counts"]
+    return key
 
 
 def load_cache(out: Path, key: dict):

@@ -118,6 +118,31 @@ def test_training_mixture_counts(ctx, train0):
     assert sum(1 for t in train0["task"] if t == "rating") == n_train
 
 
+def test_kind_counts_reweight_the_mixture(toy_ds, train0):
+    counts = tasks.parse_kind_counts("sequential.next=15, sequential.yesno=0,direct.candidates=2")
+    assert counts["sequential"] == {"next": 15, "candidates": 5, "yesno": 0}
+    assert counts["direct"] == {"yesno": 10, "candidates": 2} and tasks.TRAIN_COUNTS["sequential"]["next"] == 5
+    c = make_context(toy_ds, "random", seed=0)
+    c.train_counts = counts
+    rows = render(c, ["sequential", "direct"], "train", epoch=0)
+    per_user = Counter((r["task"], r["user_id"], r["kind"]) for r in rows)
+    for u in c.split.train:
+        assert per_user[("sequential", u, "next")] == 15 and per_user[("sequential", u, "candidates")] == 5
+        assert per_user[("sequential", u, "yesno")] == 0 and per_user[("direct", u, "candidates")] == 2
+    # P5's counts written out give exactly the default rows
+    c.train_counts = tasks.parse_kind_counts("")
+    same = render(c, ALL_FAMILIES, "train", epoch=0)
+    assert same["inputs"] == train0["inputs"] and same["targets"] == train0["targets"]
+
+
+@pytest.mark.parametrize("spec, msg", [("sequential.nxt=3", "did you mean next"), ("rating.rating=2", "per-user"),
+                                       ("sequential.next=-1", ">= 0"), ("sequential.next=x", ">= 0"),
+                                       ("sequential.next", "family.kind=N"), ("next=3", "family.kind=N")])
+def test_kind_counts_errors(spec, msg):
+    with pytest.raises(ConfigError, match=msg):
+        tasks.parse_kind_counts(spec)
+
+
 def test_eval_rows_per_user_and_template(ctx):
     rows = render(ctx, ["direct", "rating"], "valid", templates=["direct-1", "direct-5", "rating-1"])
     c = Counter(rows["template_id"])
@@ -167,6 +192,11 @@ def test_cli_show(toy_dir, capsys):
     assert out.count("input :") == 2 and "<i" in out
     assert tasks.main(["show", "--data", str(toy_dir), "--task", "nope"]) == 2
     assert capsys.readouterr().err.startswith("error: unknown task family")
+    assert tasks.main(["show", "--data", str(toy_dir), "--task", "sequential", "-n", "1000", "--users", "0",
+                       "--kind-counts", "sequential.candidates=0,sequential.yesno=0"]) == 0
+    shown = re.findall(r"^\[(sequential-\d+)\]", capsys.readouterr().out, flags=re.M)
+    nexts = {t.id for t in tasks.load_templates()["sequential"].templates if t.kind == "next"}
+    assert shown and set(shown) <= nexts
 
 
 def test_cli_show_defaults_to_bundled_sample(capsys):

@@ -111,6 +111,24 @@ def test_trains_on_rendered_tasks(toy_dir, tmp_path):
     assert ck.model.generate(**p, max_new_tokens=4, do_sample=False).shape[0] == 1
 
 
+def test_kind_counts_reach_the_rendered_rows_and_the_cache_key(toy_ds, tmp_path, capsys):
+    from collections import Counter
+
+    from p5x.split import time_split
+    from p5x.training import cache_key, task_rows
+
+    cfg = _cfg("d", tmp_path, tasks="sequential", kind_counts="sequential.next=7,sequential.yesno=0")
+    kinds = Counter(task_rows(toy_ds, cfg)[2]["kind"])
+    n_users = sum(len(xs) >= 2 for xs in time_split(toy_ds).train.values())
+    assert kinds == {"next": 7 * n_users, "candidates": 5 * n_users}
+    plain = cache_key(_cfg("d", tmp_path, tasks="sequential"), toy_ds)
+    assert "kind_counts" not in plain  # pre-tokenized caches from before the option stay valid
+    assert cache_key(cfg, toy_ds)["kind_counts"] == cfg.kind_counts and cache_key(cfg, toy_ds) != plain
+    assert main(["--kind-counts", "sequential.nxt=2"]) == 2
+    assert "did you mean next" in capsys.readouterr().err
+    assert main(["--tasks", "preference", "--shots", "8", "--kind-counts", "sequential.next=2"]) == 2
+
+
 def test_bucket_order_is_a_seeded_permutation_of_similar_length_batches():
     from p5x.training import bucket_order
 
