@@ -10,6 +10,9 @@ mixture can be varied one factor at a time:
     python bench/collapse_probe.py --prompt text --kinds next    # next-item prompts only
     python bench/collapse_probe.py --prompt ids --kinds next     # the id sequence alone
     ... --whole-word off
+    python bench/collapse_probe.py --kinds all --next-weight 4     # next-item rows repeated 4x
+    python bench/collapse_probe.py --kinds all --next-first 2000   # next-item rows alone first
+    ... --data p5x/sample_data/gift_cards                         # a real dataset instead of the toy
 
 Atomic ids (one token per item) make the first decoded token the whole answer.
 """
@@ -41,22 +44,31 @@ def main(argv=None) -> int:
                    help="text: the rendered templates; ids: only the item ids of each prompt")
     p.add_argument("--kinds", choices=("all", "next"), default="all",
                    help="all: every sequential kind (next, candidates, yes/no); next: next-item rows only")
+    p.add_argument("--next-weight", type=int, default=1,
+                   help="with --kinds all: repeat every next-item row this many times in the epoch")
+    p.add_argument("--next-first", type=int, default=0,
+                   help="with --kinds all: train on next-item rows only for this many steps, then on all")
     p.add_argument("--whole-word", choices=("on", "off"), default="on")
     p.add_argument("--model", default="t5-tiny")
-    p.add_argument("--users", type=int, default=1000)
-    p.add_argument("--items", type=int, default=148)
+    p.add_argument("--data", default="", help="a normalized dataset instead of the toy one (e.g. the bundled "
+                   "sample, p5x/sample_data/gift_cards); the accuracy is then measured on its validation part")
+    p.add_argument("--users", type=int, default=1000, help="toy users")
+    p.add_argument("--items", type=int, default=148, help="toy items")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--every", type=int, default=200, help="report every N steps")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    if a.steps < 1 or a.every < 1 or a.users < 3 or a.items < 8:
-        p.error("--steps/--every must be >= 1, --users >= 3, --items >= 8")
+    if a.steps < 1 or a.every < 1 or a.users < 3 or a.items < 8 or a.next_weight < 1 or a.next_first < 0:
+        p.error("--steps/--every/--next-weight must be >= 1, --next-first >= 0, --users >= 3, --items >= 8")
     torch.manual_seed(a.seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        make_toy_dataset(tmp, n_users=a.users, n_items=a.items, seed=a.seed)
-        ds = load_dataset(tmp)
+    if a.data:
+        ds = load_dataset(a.data)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            make_toy_dataset(tmp, n_users=a.users, n_items=a.items, seed=a.seed)
+            ds = load_dataset(tmp)
     cfg = TrainConfig(data="toy", tasks="sequential", index="atomic", epochs=1, seed=a.seed, bf16="off",
                       model=a.model, whole_word_embeddings=a.whole_word).validate()
     spec = resolve_backbone(a.model)
@@ -68,7 +80,8 @@ def main(argv=None) -> int:
         return " ".join(ID.findall(text)) if a.prompt == "ids" else text
 
     rows = [{"inputs": prep(r["inputs"]), "targets": r["targets"]} for r in rendered
-            if a.kinds == "all" or r["kind"] == "next"]
+            for _ in range(a.next_weight if r["kind"] == "next" else 1) if a.kinds == "all" or r["kind"] == "next"]
+    next_rows = [{"inputs": prep(r["inputs"]), "targets": r["targets"]} for r in rendered if r["kind"] == "next"]
     tok = build_tokenizer(cfg, spec, list(ix.pieces()) + list(ux.pieces()), rendered, ds, None)
     model = build_model(cfg, spec, tok)
     feat = Featurizer(tok, False, a.whole_word == "on", cfg.max_source_len, cfg.max_target_len, cfg.max_words)
@@ -93,12 +106,18 @@ def main(argv=None) -> int:
 
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.0)
     order = np.random.default_rng(a.seed).permutation(len(rows))
-    print(f"{len(rows)} training rows ({a.prompt}, kinds {a.kinds}, whole-word {a.whole_word}); "
+    next_order = np.random.default_rng(a.seed).permutation(len(next_rows))
+    print(f"{len(rows)} training rows ({a.prompt}, kinds {a.kinds}, next x{a.next_weight}, next-only for "
+          f"{a.next_first} steps, whole-word {a.whole_word}); "
           f"{len(val_in)} validation users; e.g. {rows[0]['inputs']!r} -> {rows[0]['targets']!r}")
     model.train()
     for step in range(1, a.steps + 1):
-        k = ((step - 1) * a.batch_size) % len(rows)
-        batch = feat([rows[j] for j in order[k:k + a.batch_size]])
+        if step <= a.next_first:  # curriculum: next-item rows first
+            k = ((step - 1) * a.batch_size) % len(next_rows)
+            batch = feat([next_rows[j] for j in next_order[k:k + a.batch_size]])
+        else:
+            k = ((step - 1 - a.next_first) * a.batch_size) % len(rows)
+            batch = feat([rows[j] for j in order[k:k + a.batch_size]])
         batch.pop("task_ids", None)
         loss = model(**batch).loss
         opt.zero_grad()

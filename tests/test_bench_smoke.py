@@ -138,6 +138,9 @@ def test_beauty_recipe_scripts_parse():
     fields = set(TrainConfig.__dataclass_fields__)
     assert set(cfg["train"]) <= fields, set(cfg["train"]) - fields
     assert set(cfg["oneshot"]["train"]) <= fields, set(cfg["oneshot"]["train"]) - fields
+    for name, flags in cfg["ablations"].items():
+        assert set(flags) <= fields, (name, set(flags) - fields)
+        TrainConfig(**{**cfg["train"], **flags}).validate()  # e.g. a --kind-counts spelling mistake
 
 
 def test_pretokenized_run_evaluates_with_kept_templates(toy_dir, tmp_path, capsys):

@@ -22,9 +22,30 @@ def test_collapse_probe_reports_accuracy():
     acc = float(lines[-1].rsplit(" ", 1)[1])
     assert 0.0 <= acc <= 1.0
     head = r.stdout.splitlines()[0]
-    assert "(ids, kinds next, whole-word on)" in head and "'<i0_" in head and "validation users" in head
+    assert "(ids, kinds next, next x1, next-only for 0 steps, whole-word on)" in head and "'<i0_" in head
+    assert "validation users" in head
+
+
+def _rows(r):
+    assert r.returncode == 0, r.stderr
+    return int(r.stdout.split(" training rows", 1)[0])
+
+
+def test_next_weight_repeats_the_next_item_rows():
+    toy = ("--users", "30", "--items", "24", "--steps", "2", "--every", "2", "--prompt", "ids")
+    n_next = _rows(_run(*toy, "--kinds", "next"))
+    n_all = _rows(_run(*toy, "--kinds", "all"))
+    curriculum = _run(*toy, "--kinds", "all", "--next-weight", "3", "--next-first", "1")
+    assert 0 < n_next < n_all and _rows(curriculum) == n_all + 2 * n_next
+    assert "next x3, next-only for 1 steps" in curriculum.stdout
+
+
+def test_collapse_probe_on_a_real_dataset():
+    r = _run("--data", str(REPO / "p5x" / "sample_data" / "gift_cards"), "--steps", "1", "--kinds", "next")
+    assert _rows(r) > 0 and "458 validation users" in r.stdout and "step 1:" in r.stdout
 
 
 def test_collapse_probe_rejects_bad_flags():
     r = _run("--steps", "0")
     assert r.returncode == 2 and "--steps" in r.stderr
+    assert _run("--next-weight", "0").returncode == 2 and _run("--next-first", "-1").returncode == 2
