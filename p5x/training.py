@@ -55,6 +55,9 @@ class TrainConfig:
     kind_counts: str = field(default="", metadata={"help": "training prompts per user and epoch of a kind, over "
                                                    "P5's counts (" + _COUNTS_HELP + "): family.kind=N,..., e.g. "
                                                    "sequential.next=15; 0 drops a kind"})
+    next_first: int = field(default=0, metadata={"help": "curriculum: the first N epochs train on next-item prompts "
+                                                 "only (the sequential family's next kind, at its --kind-counts "
+                                                 "count), later epochs on the whole mixture"})
     whole_word_embeddings: str = field(default="on", metadata={"help": "add whole-word embeddings: on or off"})
     peft: str = field(default="none", metadata={"help": "parameter-efficient tuning: none or lora"})
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank"})
@@ -126,6 +129,16 @@ class TrainConfig:
             parse_kind_counts(self.kind_counts)
             if self.shots:
                 raise ConfigError("--kind-counts: not used with --shots (few-shot draws exactly N preference rows)")
+        if self.next_first:
+            if not 0 < self.next_first <= self.epochs:
+                raise ConfigError(f"--next-first: expected 0..--epochs ({self.epochs}), got {self.next_first}")
+            if self.tasks != "all" and "sequential" not in self.families():
+                raise ConfigError("--next-first: needs the sequential family in --tasks (its next-item prompts)")
+            if self.shots:
+                raise ConfigError("--next-first: not used with --shots")
+            from .tasks import parse_kind_counts
+            if parse_kind_counts(self.kind_counts)["sequential"]["next"] == 0:
+                raise ConfigError("--next-first: --kind-counts sets sequential.next=0, so there is nothing to train first")
         if self.merge and self.peft != "lora":
             raise ConfigError("--merge: needs --peft lora (there is no adapter to merge)")
         self.families()
@@ -151,7 +164,7 @@ def parse_args(argv=None) -> TrainConfig:
 
 # -- data ---------------------------------------------------------------------------------------
 
-_RENDER_JOB: tuple = ()  # (ctx, families, seed) inherited by forked render workers
+_RENDER_JOB: tuple = ()  # (ctx, families, seed, next_first) inherited by forked render workers
 
 
 def _render_one(e: int):
@@ -163,13 +176,28 @@ def _render_one(e: int):
     """
     from . import tasks
 
-    ctx, families, seed = _RENDER_JOB
+    ctx, families, seed, next_first = _RENDER_JOB
+    if e < next_first:  # curriculum: the sequential family's next-item prompts alone
+        ctx, families = next_only(ctx), ["sequential"]
     table = tasks.render(ctx, families, "train", epoch=e).data.table  # in-memory, no indices mapping
     return table.take(np.random.default_rng(seed + e).permutation(len(table)))
 
 
-def render_epochs(ctx, families, epochs: int, seed: int, batch_size: int = 0, workers: int = 1):
+def next_only(ctx):
+    """A view of ctx whose training counts keep only the sequential family's `next` kind."""
+    from dataclasses import replace
+
+    from .tasks import TRAIN_COUNTS
+
+    counts = ctx.train_counts or TRAIN_COUNTS
+    return replace(ctx, train_counts={"sequential": {"next": counts["sequential"]["next"]}})
+
+
+def render_epochs(ctx, families, epochs: int, seed: int, batch_size: int = 0, workers: int = 1,
+                  next_first: int = 0):
     """Every epoch's training rows, each shuffled with seed + epoch, concatenated in epoch order.
+
+    next_first: epochs 0..next_first-1 hold the sequential family's next-item prompts only.
 
     Epochs are independent (each draws from its own seeded generator), so `workers` > 1 renders
     them in forked processes; the rows are identical either way.
@@ -180,7 +208,7 @@ def render_epochs(ctx, families, epochs: int, seed: int, batch_size: int = 0, wo
     from datasets.table import InMemoryTable
 
     global _RENDER_JOB
-    _RENDER_JOB = (ctx, families, seed)
+    _RENDER_JOB = (ctx, families, seed, next_first)
     if workers > 1 and epochs > 1:
         import multiprocessing as mp
 
@@ -581,21 +609,22 @@ def task_rows(ds, cfg: TrainConfig):
     # 'all' is the standard families plus those the data supports (preference: ratings and titles)
     families = resolve_families(ctx, "all") if cfg.tasks == "all" else cfg.families()
     return ctx.index, ctx.user_index, render_epochs(ctx, families, cfg.epochs, cfg.seed, cfg.batch_size,
-                                                    cfg.workers)
+                                                    cfg.workers, cfg.next_first)
 
 
 CACHE_DIR = "pretokenized"
 CACHE_FORMAT = 2  # bump when the encoding of rows changes (2: decoder-only text targets after a space)
 _CACHE_FIELDS = ("tasks", "model", "epochs", "batch_size", "seed", "index", "max_source_len", "max_target_len",
-                 "max_words", "vocab_size", "shots", "holdout_users", "holdout_seed", "kind_counts")
+                 "max_words", "vocab_size", "shots", "holdout_users", "holdout_seed", "kind_counts", "next_first")
 
 
 def cache_key(cfg: TrainConfig, ds) -> dict:
     """What the pre-tokenized rows depend on; a cache with another key is rebuilt, never reused."""
     key = {"data_hash": ds.data_hash, "templates_hash": templates_hash(), "format": CACHE_FORMAT,
            **{k: getattr(cfg, k) for k in _CACHE_FIELDS}}
-    if not key["kind_counts"]:  # caches written before the option existed stay valid
-        del key["kind_counts"]
+    for k in ("kind_counts", "next_first"):  # caches written before these options existed stay valid
+        if not key[k]:
+            del key[k]
     return key
 
 

@@ -129,6 +129,34 @@ def test_kind_counts_reach_the_rendered_rows_and_the_cache_key(toy_ds, tmp_path,
     assert main(["--tasks", "preference", "--shots", "8", "--kind-counts", "sequential.next=2"]) == 2
 
 
+def test_next_first_epochs_hold_next_item_prompts_only(toy_ds, tmp_path):
+    from collections import Counter
+
+    from p5x.split import time_split
+    from p5x.training import cache_key, task_rows
+
+    n_users = sum(len(xs) >= 2 for xs in time_split(toy_ds).train.values())
+    cfg = _cfg("d", tmp_path, tasks="sequential,direct,rating", epochs=3, next_first=2, batch_size=4,
+               kind_counts="sequential.next=3")
+    rows = task_rows(toy_ds, cfg)[2]
+    per_epoch = 3 * n_users  # the first two epochs: 3 next-item prompts per user, nothing else
+    first, rest = rows.select(range(2 * per_epoch)), rows.select(range(2 * per_epoch, len(rows)))
+    assert set(first["kind"]) == {"next"} and set(first["task"]) == {"sequential"}
+    assert {"next", "candidates", "yesno", "rating"} <= set(rest["kind"]) and set(rest["task"]) == {
+        "sequential", "direct", "rating"}
+    assert Counter(rest["kind"])["next"] == per_epoch
+    # epoch 2 is the same mixture as a run without the curriculum renders for its epoch 2
+    plain = task_rows(toy_ds, _cfg("d", tmp_path, tasks="sequential,direct,rating", epochs=3, batch_size=4,
+                                   kind_counts="sequential.next=3"))[2]
+    assert rest["inputs"] == plain.select(range(len(plain) - len(rest), len(plain)))["inputs"]
+    assert cache_key(cfg, toy_ds)["next_first"] == 2
+    assert "next_first" not in cache_key(_cfg("d", tmp_path), toy_ds)
+    for bad in (dict(next_first=2, epochs=1), dict(next_first=1, tasks="direct"),
+                dict(next_first=1, kind_counts="sequential.next=0")):
+        with pytest.raises(Exception, match="--next-first"):
+            _cfg("d", tmp_path, **bad).validate()
+
+
 def test_bucket_order_is_a_seeded_permutation_of_similar_length_batches():
     from p5x.training import bucket_order
 
