@@ -23,7 +23,7 @@ import torch
 
 from .errors import ConfigError, P5XError
 from .indexing import METHODS
-from .tasks import EXTRA_FAMILIES, FAMILIES, TRAIN_COUNTS
+from .tasks import EXTRA_FAMILIES, FAMILIES, TRAIN_COUNTS, parse_kind_counts
 
 _COUNTS_HELP = "; ".join(f"{f}: " + ", ".join(f"{k} {n}" for k, n in c.items()) for f, c in TRAIN_COUNTS.items())
 
@@ -125,7 +125,6 @@ class TrainConfig:
         if self.shots and self.families() != ["preference"]:
             raise ConfigError("--shots: few-shot sampling is defined for --tasks preference only")
         if self.kind_counts:
-            from .tasks import parse_kind_counts
             parse_kind_counts(self.kind_counts)
             if self.shots:
                 raise ConfigError("--kind-counts: not used with --shots (few-shot draws exactly N preference rows)")
@@ -136,7 +135,6 @@ class TrainConfig:
                 raise ConfigError("--next-first: needs the sequential family in --tasks (its next-item prompts)")
             if self.shots:
                 raise ConfigError("--next-first: not used with --shots")
-            from .tasks import parse_kind_counts
             if parse_kind_counts(self.kind_counts)["sequential"]["next"] == 0:
                 raise ConfigError("--next-first: --kind-counts sets sequential.next=0, so there is nothing to train first")
         if self.merge and self.peft != "lora":
@@ -186,8 +184,6 @@ def _render_one(e: int):
 def next_only(ctx):
     """A view of ctx whose training counts keep only the sequential family's `next` kind."""
     from dataclasses import replace
-
-    from .tasks import TRAIN_COUNTS
 
     counts = ctx.train_counts or TRAIN_COUNTS
     return replace(ctx, train_counts={"sequential": {"next": counts["sequential"]["next"]}})
@@ -604,7 +600,6 @@ def task_rows(ds, cfg: TrainConfig):
 
     ctx = make_context(ds, index_method=cfg.index, seed=cfg.seed)
     if cfg.kind_counts:
-        from .tasks import parse_kind_counts
         ctx.train_counts = parse_kind_counts(cfg.kind_counts)
     # 'all' is the standard families plus those the data supports (preference: ratings and titles)
     families = resolve_families(ctx, "all") if cfg.tasks == "all" else cfg.families()
