@@ -69,7 +69,7 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             make_toy_dataset(tmp, n_users=a.users, n_items=a.items, seed=a.seed)
             ds = load_dataset(tmp)
-    cfg = TrainConfig(data="toy", tasks="sequential", index="atomic", epochs=1, seed=a.seed, bf16="off",
+    cfg = TrainConfig(data=a.data or "toy", tasks="sequential", index="atomic", epochs=1, seed=a.seed, bf16="off",
                       model=a.model, whole_word_embeddings=a.whole_word).validate()
     spec = resolve_backbone(a.model)
     if spec.decoder_only:
@@ -79,9 +79,10 @@ def main(argv=None) -> int:
     def prep(text):
         return " ".join(ID.findall(text)) if a.prompt == "ids" else text
 
-    rows = [{"inputs": prep(r["inputs"]), "targets": r["targets"]} for r in rendered
-            for _ in range(a.next_weight if r["kind"] == "next" else 1) if a.kinds == "all" or r["kind"] == "next"]
-    next_rows = [{"inputs": prep(r["inputs"]), "targets": r["targets"]} for r in rendered if r["kind"] == "next"]
+    pairs = [({"inputs": prep(r["inputs"]), "targets": r["targets"]}, r["kind"] == "next") for r in rendered]
+    next_rows = [row for row, is_next in pairs if is_next]
+    rows = [row for row, is_next in pairs if a.kinds == "all" or is_next
+            for _ in range(a.next_weight if is_next else 1)]
     tok = build_tokenizer(cfg, spec, list(ix.pieces()) + list(ux.pieces()), rendered, ds, None)
     model = build_model(cfg, spec, tok)
     feat = Featurizer(tok, False, a.whole_word == "on", cfg.max_source_len, cfg.max_target_len, cfg.max_words)

@@ -468,7 +468,7 @@ def run_baselines(ds: Dataset, cfg: BaselineConfig) -> list[dict]:
         sas = train_sasrec(split, item_ids, "ce", cfg.dim, cfg.layers, 2, 50, cfg.dropout, cfg.epochs,
                            seed=cfg.seed, device=cfg.device, progress=cfg.progress)
     pop = popularity_scores(split, item_ids)
-    trans = TransitionScorer(split, item_ids)
+    trans = TransitionScorer(split, item_ids) if "transition" in cfg.models else None
     full = "full ranking" + (" (history excluded)" if cfg.exclude_history else "")
     if "sequential" in cfg.tasks:
         pop_t = torch.from_numpy(pop)

@@ -132,8 +132,8 @@ class TaskContext:
     templates: dict[str, Family]
     seed: int = 0
     cache: dict = field(default_factory=dict, repr=False, compare=False)
-    # training prompts per user, epoch and kind (parse_kind_counts); None: TRAIN_COUNTS
-    train_counts: dict | None = None
+    # training prompts per user, epoch and kind (TRAIN_COUNTS unless parse_kind_counts says otherwise)
+    train_counts: dict = field(default_factory=lambda: parse_kind_counts(""))
 
 
 def make_context(ds: Dataset, index_method: str = "random", seed: int = 0,
@@ -445,7 +445,7 @@ RECORD_KINDS = frozenset({"rating", "rating_check", "like", "explain", "explain_
 
 def _train_user_samples(ctx, family, pool, rng, users) -> list[Sample]:
     out = []
-    counts = {k: n for k, n in (ctx.train_counts or TRAIN_COUNTS).get(family, {}).items() if k in pool and n > 0}
+    counts = {k: n for k, n in ctx.train_counts.get(family, {}).items() if k in pool and n > 0}
     if not counts:
         return out
     need = 1 if family in ("direct",) else 2

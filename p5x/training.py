@@ -185,8 +185,7 @@ def next_only(ctx):
     """A view of ctx whose training counts keep only the sequential family's `next` kind."""
     from dataclasses import replace
 
-    counts = ctx.train_counts or TRAIN_COUNTS
-    return replace(ctx, train_counts={"sequential": {"next": counts["sequential"]["next"]}})
+    return replace(ctx, train_counts={"sequential": {"next": ctx.train_counts["sequential"]["next"]}})
 
 
 def render_epochs(ctx, families, epochs: int, seed: int, batch_size: int = 0, workers: int = 1,
