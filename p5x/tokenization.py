@@ -36,19 +36,23 @@ def train_sentencepiece(texts: Iterable[str], out_dir: str | Path, vocab_size: i
                         user_defined_symbols: Sequence[str] = (), seed_words: Sequence[str] = ("yes", "no")):
     """Train a unigram SentencePiece model on `texts`, write out_dir/spiece.model, return the tokenizer.
 
-    `user_defined_symbols` (the id pieces) become atomic tokens. `vocab_size` is an upper bound: on
-    a small corpus the vocabulary is as large as the text supports. `seed_words` are repeated in the
-    corpus so each becomes a single piece (yes/no answers are read from one token's logit).
+    `user_defined_symbols` (the id pieces) become atomic tokens, on top of `vocab_size` text pieces:
+    atomic indexing gives every item a piece of its own, more than a text vocabulary holds (Beauty:
+    12,101), and SentencePiece refuses a total smaller than its symbols. `vocab_size` is an upper
+    bound: on a small corpus the text part is as large as the text supports. `seed_words` are
+    repeated in the corpus so each becomes a single piece (yes/no answers are read from one token's
+    logit).
     """
     import sentencepiece as spm
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     corpus = list(_plain_sentences(texts)) + [" ".join(seed_words)] * 50
+    symbols = list(dict.fromkeys(user_defined_symbols))
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus), model_writer=buf, vocab_size=vocab_size, model_type="unigram",
-        user_defined_symbols=list(dict.fromkeys(user_defined_symbols)), pad_id=PAD_ID, eos_id=EOS_ID,
+        sentence_iterator=iter(corpus), model_writer=buf, vocab_size=vocab_size + len(symbols), model_type="unigram",
+        user_defined_symbols=symbols, pad_id=PAD_ID, eos_id=EOS_ID,
         unk_id=UNK_ID, bos_id=-1, hard_vocab_limit=False, character_coverage=1.0,
         input_sentence_size=2_000_000, shuffle_input_sentence=True, num_threads=2, minloglevel=2)
     fd, tmp = tempfile.mkstemp(prefix=".spiece.", dir=out_dir)

@@ -74,7 +74,7 @@ class TrainConfig:
     max_source_len: int = field(default=512, metadata={"help": "max prompt tokens (100 candidate ids need ~450)"})
     max_target_len: int = field(default=64, metadata={"help": "max target tokens (eos included)"})
     max_words: int = field(default=512, metadata={"help": "whole-word embedding table size (indices clipped)"})
-    vocab_size: int = field(default=8000, metadata={"help": "SentencePiece vocabulary size when the backbone brings no tokenizer"})
+    vocab_size: int = field(default=8000, metadata={"help": "SentencePiece text vocabulary size when the backbone brings no tokenizer (the id pieces come on top)"})
     max_steps: int = field(default=-1, metadata={"help": "stop after this many optimizer steps (-1: all epochs)"})
     save_steps: int = field(default=500, metadata={"help": "write a resumable checkpoint every N steps"})
     logging_steps: int = field(default=10, metadata={"help": "log losses every N steps"})

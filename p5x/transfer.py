@@ -283,7 +283,7 @@ TRAIN_FLAGS = (("tasks", str, FAMILY, "families to train on (comma list; must in
                ("model", str, "t5-tiny", "backbone (see train.py --help)"),
                ("epochs", int, 1, "training epochs"), ("max_steps", int, -1, "stop after N steps (-1: all)"),
                ("train_batch_size", int, 32, "training batch size"), ("lr", float, 1e-3, "learning rate"),
-               ("vocab_size", int, 8000, "SentencePiece vocabulary size (T5 from scratch)"),
+               ("vocab_size", int, 8000, "SentencePiece text vocabulary size (T5 from scratch; id pieces on top)"),
                ("max_source_len", int, 384, "max prompt tokens (Z prompts list 25 titles)"),
                ("max_target_len", int, 64, "max target tokens"))
 

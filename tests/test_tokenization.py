@@ -89,3 +89,15 @@ def test_smollm2_tokenizer_pieces_and_answers():
     ids, ww = words["input_ids"][0].tolist(), words["whole_word_ids"][0].tolist()
     pos = [ids.index(tok.convert_tokens_to_ids(p)) for p in ("<i0_3>", "<i1_7>")]
     assert [ww[i] for i in pos] == [4, 4] and ww[-1] == 5  # user=1 <u0_1>=2 bought=3 id=4 now=5
+
+
+def test_more_id_pieces_than_text_vocabulary(tmp_path):
+    # atomic indexing: one piece per item, more pieces than --vocab-size (Beauty has 12,101 items
+    # and the default is 8,000); SentencePiece used to refuse that total
+    pieces = [f"<i0_{n}>" for n in range(300)]
+    tok = train_sentencepiece(CORPUS, tmp_path, vocab_size=120, user_defined_symbols=pieces)
+    check_pieces_atomic(tok, pieces)
+    ids = tok("buy <i0_299> then <i0_7>", add_special_tokens=False)["input_ids"]
+    assert [t for t in tok.convert_ids_to_tokens(ids) if t.startswith("<i0_")] == ["<i0_299>", "<i0_7>"]
+    # the text part keeps its own budget (an upper bound on this small corpus)
+    assert len(tok) - len(pieces) <= 120
