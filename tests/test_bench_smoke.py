@@ -138,9 +138,15 @@ def test_beauty_recipe_scripts_parse():
     fields = set(TrainConfig.__dataclass_fields__)
     assert set(cfg["train"]) <= fields, set(cfg["train"]) - fields
     assert set(cfg["oneshot"]["train"]) <= fields, set(cfg["oneshot"]["train"]) - fields
+    one = cfg["oneshot"]
+    assert set(one.get("ablations", {})) <= set(cfg["ablations"]), "oneshot.ablations names an unknown ablation"
     for name, flags in cfg["ablations"].items():
         assert set(flags) <= fields, (name, set(flags) - fields)
         TrainConfig(**{**cfg["train"], **flags}).validate()  # e.g. a --kind-counts spelling mistake
+        extra = one.get("ablations", {}).get(name, {})
+        assert set(extra) <= fields, (name, set(extra) - fields)
+        TrainConfig(**{**cfg["train"], **one["train"], **flags, **extra}).validate()  # as oneshot.py runs it
+    TrainConfig(**{**cfg["train"], **one["train"]}).validate()
 
 
 def test_pretokenized_run_evaluates_with_kept_templates(toy_dir, tmp_path, capsys):
@@ -296,6 +302,12 @@ def test_oneshot_ablation_goes_over_the_train_flags(tmp_path):
     train, evaluate, one = load(REPO / "bench" / "beauty" / "config.json", "no_whole_word")
     assert train["whole_word_embeddings"] == "off" and train["epochs"] == cfg["oneshot"]["train"]["epochs"]
     assert "time_limit" not in train and "max_users" not in evaluate
-    assert load(REPO / "bench" / "beauty" / "config.json")[0]["whole_word_embeddings"] == "on"
+    main = load(REPO / "bench" / "beauty" / "config.json")[0]
+    assert main["whole_word_embeddings"] == "on"
+    # the one-command run is the curriculum; its p5_mixture ablation goes back to P5's mixture over one epoch
+    assert (main["epochs"], main["next_first"]) == (2, 1)
+    mix = load(REPO / "bench" / "beauty" / "config.json", "p5_mixture")[0]
+    assert (mix["epochs"], mix["next_first"], mix["kind_counts"]) == (1, 0, "")
+    assert cfg["ablations"]["p5_mixture"] == {"next_first": 0, "kind_counts": ""}  # staged: its main run
     with pytest.raises(KeyError, match="no_such"):
         load(REPO / "bench" / "beauty" / "config.json", "no_such")

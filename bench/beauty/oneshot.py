@@ -93,7 +93,11 @@ class StageFailed(RuntimeError):
 
 
 def load_sections(config: Path, ablation: str | None = None) -> tuple[dict, dict, dict]:
-    """(train flags, evaluate flags, oneshot knobs); an ablation's one flag goes over the train flags."""
+    """(train flags, evaluate flags, oneshot knobs); an ablation's one flag goes over the train flags.
+
+    "oneshot.ablations" may add flags to an ablation for this one-epoch run only: the staged recipe
+    trains several epochs, and e.g. a curriculum of one next-item epoch needs a second epoch here.
+    """
     cfg = json.loads(config.read_text(encoding="utf-8"))
     one = cfg.get("oneshot", {})
     abl = {}
@@ -101,7 +105,7 @@ def load_sections(config: Path, ablation: str | None = None) -> tuple[dict, dict
         known = cfg.get("ablations", {})
         if ablation not in known:
             raise KeyError(f"ablation {ablation!r} (known: {', '.join(known) or 'none'})")
-        abl = known[ablation]
+        abl = {**known[ablation], **one.get("ablations", {}).get(ablation, {})}
     train = {**cfg["train"], **one.get("train", {}), **abl}
     evaluate = {**cfg["evaluate"], **one.get("evaluate", {})}
     for k in ("time_limit", "max_steps", "resume", "prepare_only"):  # this driver sets them
