@@ -95,8 +95,8 @@ class StageFailed(RuntimeError):
 def load_sections(config: Path, ablation: str | None = None) -> tuple[dict, dict, dict]:
     """(train flags, evaluate flags, oneshot knobs); an ablation's one flag goes over the train flags.
 
-    "oneshot.ablations" may add flags to an ablation for this one-epoch run only: the staged recipe
-    trains several epochs, and e.g. a curriculum of one next-item epoch needs a second epoch here.
+    "oneshot.ablations" may add flags to an ablation for the one-command run only, whose epochs differ
+    from the staged recipe's (e.g. p5_mixture renders one epoch here instead of the curriculum's two).
     """
     cfg = json.loads(config.read_text(encoding="utf-8"))
     one = cfg.get("oneshot", {})
