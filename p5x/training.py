@@ -124,8 +124,8 @@ class TrainConfig:
             raise ConfigError("--holdout-users: only meaningful with --shots")
         if self.shots and self.families() != ["preference"]:
             raise ConfigError("--shots: few-shot sampling is defined for --tasks preference only")
+        counts = parse_kind_counts(self.kind_counts)  # P5's counts when unset; a bad entry raises here
         if self.kind_counts:
-            parse_kind_counts(self.kind_counts)
             if self.shots:
                 raise ConfigError("--kind-counts: not used with --shots (few-shot draws exactly N preference rows)")
         if self.next_first:
@@ -135,7 +135,7 @@ class TrainConfig:
                 raise ConfigError("--next-first: needs the sequential family in --tasks (its next-item prompts)")
             if self.shots:
                 raise ConfigError("--next-first: not used with --shots")
-            if parse_kind_counts(self.kind_counts)["sequential"]["next"] == 0:
+            if counts["sequential"]["next"] == 0:
                 raise ConfigError("--next-first: --kind-counts sets sequential.next=0, so there is nothing to train first")
         if self.merge and self.peft != "lora":
             raise ConfigError("--merge: needs --peft lora (there is no adapter to merge)")

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import numpy as np
 import torch
+
+from p5x.errors import ConfigError
 from safetensors.torch import load_file
 
 from p5x.checkpoint import load_checkpoint
@@ -153,7 +155,7 @@ def test_next_first_epochs_hold_next_item_prompts_only(toy_ds, tmp_path):
     assert "next_first" not in cache_key(_cfg("d", tmp_path), toy_ds)
     for bad in (dict(next_first=2, epochs=1), dict(next_first=1, tasks="direct"),
                 dict(next_first=1, kind_counts="sequential.next=0")):
-        with pytest.raises(Exception, match="--next-first"):
+        with pytest.raises(ConfigError, match="--next-first"):
             _cfg("d", tmp_path, **bad).validate()
 
 
