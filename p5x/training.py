@@ -52,6 +52,9 @@ class TrainConfig:
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
     seed: int = field(default=0, metadata={"help": "seed for init, indexing, rendering and data order"})
     index: str = field(default="random", metadata={"help": "item indexing: random, sequential, collaborative or atomic (one token per item)"})
+    item_init: str = field(default="random", metadata={"help": "item-token embeddings at the start: random (the "
+                                                   "backbone's init) or cooc (top eigenvectors of the training histories' item "
+                                                   "co-occurrence, p5x.iteminit; needs --index atomic)"})
     kind_counts: str = field(default="", metadata={"help": "training prompts per user and epoch of a kind, over "
                                                    "P5's counts (" + _COUNTS_HELP + "): family.kind=N,..., e.g. "
                                                    "sequential.next=15; 0 drops a kind"})
@@ -104,7 +107,9 @@ class TrainConfig:
         return names
 
     def validate(self) -> "TrainConfig":
-        for name, allowed in (("index", METHODS),
+        from .iteminit import METHODS as ITEM_INITS
+
+        for name, allowed in (("index", METHODS), ("item_init", ITEM_INITS),
                               ("whole_word_embeddings", ("on", "off")), ("peft", ("none", "lora")),
                               ("bf16", ("auto", "on", "off"))):
             if getattr(self, name) not in allowed:
@@ -137,6 +142,11 @@ class TrainConfig:
                 raise ConfigError("--next-first: not used with --shots")
             if counts["sequential"]["next"] == 0:
                 raise ConfigError("--next-first: --kind-counts sets sequential.next=0, so there is nothing to train first")
+        if self.item_init == "cooc":
+            if self.index != "atomic":
+                raise ConfigError(f"--item-init cooc: needs --index atomic (one token per item), got {self.index}")
+            if self.shots:
+                raise ConfigError("--item-init cooc: not used with --shots (held-out users would shape the embeddings)")
         if self.merge and self.peft != "lora":
             raise ConfigError("--merge: needs --peft lora (there is no adapter to merge)")
         self.families()
@@ -720,6 +730,14 @@ def train(cfg: TrainConfig, make_rows=task_rows, callbacks=()) -> Path:
         print(f"pre-tokenized {len(rows)} rows into {out / CACHE_DIR}", file=sys.stderr)
         return out
     model = build_model(cfg, spec, tokenizer)
+    if cfg.item_init == "cooc":  # a resumed run loads its trained weights over these afterwards
+        from .iteminit import init_item_embeddings
+        from .split import time_split
+
+        t0 = time.perf_counter()
+        n = init_item_embeddings(model, tokenizer, index, time_split(ds), cfg.seed)
+        print(f"item embeddings: {n} of {len(index)} rows from training co-occurrence "
+              f"({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
     meta = {"backbone": cfg.model, "backbone_kind": spec.kind, "pretrained": spec.pretrained,
             "whole_word": cfg.whole_word_embeddings == "on", "max_words": cfg.max_words,
             "target_space": featurizer.target_space, "max_source_len": cfg.max_source_len,

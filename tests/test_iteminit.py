@@ -1,0 +1,125 @@
+"""--item-init cooc: item embeddings from training co-occurrence only, deterministic, wired into train.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from p5x.checkpoint import load_checkpoint
+from p5x.errors import ConfigError
+from p5x.indexing import build_index
+from p5x.iteminit import cooccurrence_matrix, cooccurrence_vectors, init_item_embeddings
+from p5x.schema import Interaction
+from p5x.split import Split, time_split
+from p5x.training import TrainConfig, train
+
+
+def _split(train, valid=None, test=None):
+    def seq(u, items):
+        return [Interaction(u, i, timestamp=t) for t, i in enumerate(items)]
+    return Split({u: seq(u, xs) for u, xs in train.items()},
+                 {u: Interaction(u, i, timestamp=100) for u, i in (valid or {}).items()},
+                 {u: Interaction(u, i, timestamp=101) for u, i in (test or {}).items()})
+
+
+def _cos(v, a, b):
+    return float(v[a] @ v[b] / (np.linalg.norm(v[a]) * np.linalg.norm(v[b]) + 1e-12))
+
+
+@pytest.mark.parametrize("n_items,dim", [(12, 4), (80, 8)])  # dense SVD path, then scipy's svds
+def test_neighbours_in_training_histories_get_close_vectors(n_items, dim):
+    items = [f"it{k}" for k in range(n_items)]
+    half = n_items // 2
+    # two separate chains: items of one chain only ever stand next to items of the same chain
+    train = {f"u{k}": [items[(k + j) % half] for j in range(4)] for k in range(40)}
+    train.update({f"v{k}": [items[half + (k + j) % half] for j in range(4)] for k in range(40)})
+    vec = cooccurrence_vectors(_split(train), items, dim, seed=0)
+    assert vec.shape == (n_items, dim) and vec.dtype == np.float32
+    assert np.array_equal(vec, cooccurrence_vectors(_split(train), items, dim, seed=0))  # deterministic
+    same = np.mean([_cos(vec, k, (k + 1) % half) for k in range(half)])
+    other = np.mean([_cos(vec, k, half + k) for k in range(half)])
+    assert same > other + 0.3
+
+
+def test_rank_is_capped_for_wide_tables(monkeypatch):
+    import p5x.iteminit as iteminit
+
+    items = [f"it{k}" for k in range(80)]
+    train = {f"u{k}": [items[(k + j) % 80] for j in range(5)] for k in range(80)}
+    full = cooccurrence_vectors(_split(train), items, 8)
+    monkeypatch.setattr(iteminit, "MAX_RANK", 3)
+    capped = cooccurrence_vectors(_split(train), items, 8)
+    assert capped.shape == (80, 8) and not capped[:, 3:].any() and capped[:, :3].any()
+    assert np.allclose(np.abs(capped[:, 0]), np.abs(full[:, 0]), atol=1e-4)  # the leading eigenvector
+
+
+def test_only_training_interactions_count():
+    items = ["a", "b", "c", "d", "e"]
+    base = {"u1": ["a", "b"], "u2": ["b", "c"]}
+    m = cooccurrence_matrix(_split(base), items).toarray()
+    assert m[0, 1] == m[1, 0] == pytest.approx(np.log(2)) and m[0, 2] == 0 and np.all(np.diag(m) == 0)
+    held = cooccurrence_vectors(_split(base, valid={"u1": "d"}, test={"u1": "e", "u2": "a"}), items, 3)
+    assert np.array_equal(held, cooccurrence_vectors(_split(base), items, 3))
+    assert not held[3].any() and not held[4].any()  # d, e: never next to anything in training
+    # back-to-back repeats of one item add nothing; an empty history adds nothing
+    assert np.array_equal(cooccurrence_matrix(_split({**base, "u3": ["c", "c"], "u4": []}), items).toarray(), m)
+    assert not cooccurrence_vectors(_split({"u": ["a"]}), items, 3).any()  # no pair at all: all zero
+
+
+def test_init_sets_item_rows_and_needs_atomic_ids(toy_ds, tmp_path):
+    from p5x.modeling import resolve_backbone
+    from p5x.training import build_model, build_tokenizer, task_rows
+
+    split = time_split(toy_ds)
+    with pytest.raises(ConfigError, match="--index atomic"):
+        init_item_embeddings(None, None, build_index(toy_ds, split, "random", seed=0), split)
+    cfg = TrainConfig(data="toy", tasks="sequential", index="atomic", vocab_size=300, output=str(tmp_path)).validate()
+    spec = resolve_backbone(cfg.model)
+    ix, ux, rows = task_rows(toy_ds, cfg)
+    tok = build_tokenizer(cfg, spec, list(ix.pieces()) + list(ux.pieces()), rows, toy_ds, None)
+    model = build_model(cfg, spec, tok)
+    table = model.backbone.get_input_embeddings().weight
+    before = table.detach().clone()
+    n = init_item_embeddings(model, tok, ix, split)
+    items = list(ix.codes)
+    ids = tok.convert_tokens_to_ids([ix.codes[i][0] for i in items])
+    vec = torch.from_numpy(cooccurrence_vectors(split, items, table.shape[1]))
+    has = vec.abs().sum(1) > 0
+    assert n == int(has.sum()) > 0
+    rows_now = table.detach()[ids]
+    ratio = rows_now[has] / vec[has]
+    finite = vec[has].abs() > 1e-6
+    assert torch.allclose(ratio[finite], ratio[finite][0].expand_as(ratio[finite]), rtol=1e-3)  # one scale
+    assert float(table.detach()[ids][has].std()) == pytest.approx(float(before.std()), rel=0.05)
+    untouched = torch.ones(table.shape[0], dtype=torch.bool)
+    untouched[torch.tensor(ids)[has]] = False
+    assert torch.equal(table.detach()[untouched], before[untouched])  # text pieces keep their init
+
+
+def test_config_rejects_cooc_without_atomic_ids():
+    with pytest.raises(ConfigError, match="--index atomic"):
+        TrainConfig(item_init="cooc").validate()
+    with pytest.raises(ConfigError, match="--item-init"):
+        TrainConfig(item_init="svd", index="atomic").validate()
+    with pytest.raises(ConfigError, match="--shots"):
+        TrainConfig(item_init="cooc", index="atomic", tasks="preference", shots=8).validate()
+
+
+def test_train_with_cooc_init_and_rank(toy_dir, toy_ds, tmp_path):
+    """Through train.py's path: the checkpoint records the option and its item rows moved from random."""
+    from p5x.inference import build_item_trie, rank_items
+
+    common = dict(data=str(toy_dir), tasks="sequential", epochs=1, batch_size=16, max_steps=2, save_steps=100,
+                  use_cpu=True, vocab_size=300, index="atomic", max_source_len=128, max_target_len=8, lr=1e-9)
+    base = load_checkpoint(train(TrainConfig(output=str(tmp_path / "r"), **common)), data=toy_ds)
+    ck = load_checkpoint(train(TrainConfig(output=str(tmp_path / "c"), item_init="cooc", **common)), data=toy_ds)
+    assert ck.config["train_config"]["item_init"] == "cooc"
+    ids = ck.tokenizer.convert_tokens_to_ids(sorted(ck.index.pieces()))
+    w_c = ck.model.backbone.get_input_embeddings().weight.detach()
+    w_r = base.model.backbone.get_input_embeddings().weight.detach()
+    assert not torch.allclose(w_c[ids], w_r[ids])  # the item rows come from co-occurrence
+    user = next(iter(ck.user_index.codes))
+    ranked, invalid = rank_items(ck, [f"what will user {ck.user_index.text(user)} buy next ?"],
+                                 build_item_trie(ck), beams=4, progress=False)
+    assert invalid == 0 and len(set(ranked[0])) == len(ranked[0]) >= 4
