@@ -40,15 +40,25 @@ ID = re.compile(r"<i0_\d+>")
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--prompt", choices=("text", "ids"), default="text",
-                   help="text: the rendered templates; ids: only the item ids of each prompt")
+    p.add_argument("--prompt", choices=("text", "ids", "ids-reversed", "last"), default="text",
+                   help="text: the rendered templates; ids: only the item ids of each prompt; ids-reversed: "
+                   "the same, most recent first; last: only the last id (a pure last-item lookup)")
     p.add_argument("--kinds", choices=("all", "next"), default="all",
                    help="all: every sequential kind (next, candidates, yes/no); next: next-item rows only")
     p.add_argument("--next-weight", type=int, default=1,
                    help="with --kinds all: repeat every next-item row this many times in the epoch")
     p.add_argument("--next-first", type=int, default=0,
                    help="with --kinds all: train on next-item rows only for this many steps, then on all")
+    p.add_argument("--continuation", type=int, default=0,
+                   help="with --prompt ids/ids-reversed/last: instead of the rendered rows, one row per cut of "
+                   "every training sequence (as SASRec sees it), whose target is the next K items in order "
+                   "(K targets per row; 1 = the next item only)")
     p.add_argument("--whole-word", choices=("on", "off"), default="on")
+    p.add_argument("--embed-std", type=float, default=0.0,
+                   help="re-initialise the token embedding table (tied to the output layer) with this std; "
+                   "0 keeps the backbone's own initialisation (T5: std 1.0)")
+    p.add_argument("--item-init", choices=("random", "cooc"), default="random",
+                   help="item-token embeddings at the start (p5x.iteminit; cooc: from training co-occurrence)")
     p.add_argument("--model", default="t5-tiny")
     p.add_argument("--data", default="", help="a normalized dataset instead of the toy one (e.g. the bundled "
                    "sample, p5x/sample_data/gift_cards); the accuracy is then measured on its validation part")
@@ -60,8 +70,10 @@ def main(argv=None) -> int:
     p.add_argument("--every", type=int, default=200, help="report every N steps")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    if a.steps < 1 or a.every < 1 or a.users < 3 or a.items < 8 or a.next_weight < 1 or a.next_first < 0:
-        p.error("--steps/--every/--next-weight must be >= 1, --next-first >= 0, --users >= 3, --items >= 8")
+    if (a.steps < 1 or a.every < 1 or a.users < 3 or a.items < 8 or a.next_weight < 1 or a.next_first < 0
+            or a.continuation < 0):
+        p.error("--steps/--every/--next-weight must be >= 1, --next-first/--continuation >= 0, --users >= 3, "
+                "--items >= 8")
     torch.manual_seed(a.seed)
     if a.data:
         ds = load_dataset(a.data)
@@ -77,14 +89,41 @@ def main(argv=None) -> int:
     ix, ux, rendered = task_rows(ds, cfg)
 
     def prep(text):
-        return " ".join(ID.findall(text)) if a.prompt == "ids" else text
+        ids = ID.findall(text)
+        if a.prompt == "ids":
+            return " ".join(ids)
+        if a.prompt == "ids-reversed":
+            return " ".join(reversed(ids))
+        if a.prompt == "last":
+            return ids[-1] if ids else ""
+        return text
 
     pairs = [({"inputs": prep(r["inputs"]), "targets": r["targets"]}, r["kind"] == "next") for r in rendered]
+    if a.continuation:
+        if a.prompt == "text":
+            p.error("--continuation: with --prompt ids, ids-reversed or last")
+        from p5x.tasks import HISTORY_LEN
+        from p5x.split import time_split
+
+        pairs = []
+        for xs in time_split(ds).train.values():
+            codes = [ix.codes[x.item_id][0] for x in xs]
+            for t in range(1, len(codes)):
+                pairs.append(({"inputs": prep(" ".join(codes[max(0, t - HISTORY_LEN):t])),
+                               "targets": " ".join(codes[t:t + a.continuation])}, True))
     next_rows = [row for row, is_next in pairs if is_next]
     rows = [row for row, is_next in pairs if a.kinds == "all" or is_next
             for _ in range(a.next_weight if is_next else 1)]
     tok = build_tokenizer(cfg, spec, list(ix.pieces()) + list(ux.pieces()), rendered, ds, None)
     model = build_model(cfg, spec, tok)
+    if a.embed_std > 0:
+        with torch.no_grad():
+            model.backbone.get_input_embeddings().weight.normal_(0.0, a.embed_std)
+    if a.item_init == "cooc":
+        from p5x.iteminit import init_item_embeddings
+        from p5x.split import time_split
+
+        init_item_embeddings(model, tok, ix, time_split(ds), a.seed)
     feat = Featurizer(tok, False, a.whole_word == "on", cfg.max_source_len, cfg.max_target_len, cfg.max_words)
     val = render(make_context(ds, "atomic", a.seed, index=ix, user_index=ux), ["sequential"], "valid",
                  templates=["sequential-1"])
@@ -110,7 +149,7 @@ def main(argv=None) -> int:
     next_order = np.random.default_rng(a.seed).permutation(len(next_rows))
     print(f"{len(rows)} training rows ({a.prompt}, kinds {a.kinds}, next x{a.next_weight}, next-only for "
           f"{a.next_first} steps, whole-word {a.whole_word}); "
-          f"{len(val_in)} validation users; e.g. {rows[0]['inputs']!r} -> {rows[0]['targets']!r}")
+          f"{len(val_in)} validation users; e.g. {rows[-1]['inputs']!r} -> {rows[-1]['targets']!r}")
     model.train()
     for step in range(1, a.steps + 1):
         if step <= a.next_first:  # curriculum: next-item rows first

@@ -49,3 +49,27 @@ def test_collapse_probe_rejects_bad_flags():
     r = _run("--steps", "0")
     assert r.returncode == 2 and "--steps" in r.stderr
     assert _run("--next-weight", "0").returncode == 2 and _run("--next-first", "-1").returncode == 2
+
+
+def test_continuation_rows_last_prompt_and_cooc_init(tmp_path):
+    """--continuation K: one row per cut of every training sequence, the next K ids as its target;
+    --prompt last keeps only the last id; --item-init cooc and --embed-std run."""
+    import re
+
+    from p5x.schema import load_dataset
+    from p5x.split import time_split
+    from p5x.toydata import make_toy_dataset
+
+    make_toy_dataset(tmp_path / "toy", n_users=30, n_items=24, seed=0)
+    cuts = sum(len(xs) - 1 for xs in time_split(load_dataset(tmp_path / "toy")).train.values())
+    r = _run("--users", "30", "--items", "24", "--steps", "2", "--every", "2", "--prompt", "last",
+             "--continuation", "2", "--item-init", "cooc", "--embed-std", "0.1")
+    assert _rows(r) == cuts
+    src, tgt = re.search(r"e\.g\. '([^']*)' -> '([^']*)'", r.stdout).groups()
+    assert re.fullmatch(r"<i0_\d+>", src) and 1 <= len(tgt.split()) <= 2
+    rev = _run("--users", "30", "--items", "24", "--steps", "1", "--prompt", "ids-reversed", "--continuation", "1")
+    fwd = _run("--users", "30", "--items", "24", "--steps", "1", "--prompt", "ids", "--continuation", "1")
+    first = [re.search(r"e\.g\. '([^']*)'", x.stdout).group(1).split() for x in (rev, fwd)]
+    assert first[0] == first[1][::-1] and len(first[0]) >= 2
+    assert _run("--continuation", "2").returncode == 2  # the rendered text has no continuation form
+    assert _run("--continuation", "-1").returncode == 2
