@@ -306,6 +306,10 @@ def test_oneshot_ablation_goes_over_the_train_flags(tmp_path):
     assert main["whole_word_embeddings"] == "on"
     # the one-command run is the curriculum; its p5_mixture ablation goes back to P5's mixture over one epoch
     assert (main["epochs"], main["next_first"]) == (2, 1)
+    # atomic ids whose embeddings start from training co-occurrence; index_atomic is its random-init control
+    assert (main["index"], main["item_init"]) == ("atomic", "cooc")
+    ctl = load(REPO / "bench" / "beauty" / "config.json", "index_atomic")[0]
+    assert (ctl["index"], ctl["item_init"]) == ("atomic", "random")
     mix = load(REPO / "bench" / "beauty" / "config.json", "p5_mixture")[0]
     assert (mix["epochs"], mix["next_first"], mix["kind_counts"]) == (1, 0, "")
     assert cfg["ablations"]["p5_mixture"] == {"next_first": 0, "kind_counts": ""}  # staged: its main run
