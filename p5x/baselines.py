@@ -17,7 +17,9 @@ train. Protocols:
 
 transition scores each item by how often it directly followed the history's last item in the
 training sequences (a first-order Markov chain), popularity breaking ties; cheap and, on sparse
-Amazon sets, far stronger than popularity.
+Amazon sets, far stronger than popularity. cooc (only with `--models cooc`) scores items by the dot
+product of their co-occurrence vectors with the last item's: what `train.py --item-init cooc`
+gives a model before its first step, so a row for that init can be read against it.
 
 SASRec (Kang & McAuley 2018) here is trained with full-softmax cross-entropy over all items at
 every position, which is what makes it strong; `sasrec-sigmoid` is the same encoder with a
@@ -48,7 +50,8 @@ SEQ_KS = (5, 10, 20)
 DIRECT_KS, DIRECT_NDCG_KS = (1, 5, 10), (5, 10)
 N_NEGATIVES = 99
 TASKS = ("sequential", "direct", "rating")
-RANKERS = ("popularity", "transition", "sasrec")  # the sequential / direct baselines
+RANKERS = ("popularity", "transition", "sasrec")  # the sequential / direct baselines run by default
+EXTRA_RANKERS = ("cooc",)  # on request only (--models)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -164,6 +167,36 @@ class TransitionScorer:
             rows = np.repeat(last[seen], c.shape[1])
             out[seen] += np.asarray(self.counts[rows, c[seen].ravel()]).reshape(len(seen), -1)
         return out
+
+
+class CoocScorer:
+    """What `train.py --item-init cooc` puts into the model before training, as a ranker of its own:
+    the last item's co-occurrence vector (p5x.iteminit) dotted with every item's; popularity breaks
+    ties and ranks alone for an empty history or an item with no training neighbour."""
+
+    def __init__(self, split: Split, item_ids: list[str], dim: int = 64):
+        from .iteminit import cooccurrence_vectors
+
+        self.pos = {iid: j for j, iid in enumerate(item_ids)}
+        self.vec = torch.from_numpy(cooccurrence_vectors(split, item_ids, dim)).double()
+        pop = popularity_scores(split, item_ids)
+        self.prior = torch.from_numpy(1e-9 * (pop - pop.min()) / max(1e-9, float(pop.max() - pop.min())))
+
+    def _last(self, histories: list[list[str]]) -> torch.Tensor:
+        return torch.tensor([self.pos.get(h[-1], -1) if h else -1 for h in histories], dtype=torch.long)
+
+    def __call__(self, histories: list[list[str]]) -> torch.Tensor:
+        """[len(histories), n_items] scores over the whole catalogue."""
+        last = self._last(histories)
+        q = torch.where((last >= 0)[:, None], self.vec[last.clamp(min=0)], torch.zeros(1, dtype=self.vec.dtype))
+        return q @ self.vec.T + self.prior
+
+    def candidate_scores(self, histories: list[list[str]], cands: list[list[str]]) -> np.ndarray:
+        """[users, candidates] scores of each user's own candidate list (equal lengths)."""
+        c = torch.tensor([[self.pos[i] for i in cs] for cs in cands], dtype=torch.long)
+        last = self._last(histories)
+        q = torch.where((last >= 0)[:, None], self.vec[last.clamp(min=0)], torch.zeros(1, dtype=self.vec.dtype))
+        return (torch.einsum("ud,ucd->uc", q, self.vec[c]) + self.prior[c]).numpy()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -459,9 +492,9 @@ def run_baselines(ds: Dataset, cfg: BaselineConfig) -> list[dict]:
     hist = _histories(split, users, cfg.part)
     targets = [split.target(u, cfg.part).item_id for u in users]
     rows: list[dict] = []
-    bad = [m for m in cfg.models if m not in RANKERS]
+    bad = [m for m in cfg.models if m not in RANKERS + EXTRA_RANKERS]
     if bad or not cfg.models:
-        raise ConfigError(f"--models: unknown baseline(s) {bad} (choose from {', '.join(RANKERS)})")
+        raise ConfigError(f"--models: unknown baseline(s) {bad} (choose from {', '.join(RANKERS + EXTRA_RANKERS)})")
     needs_sasrec = ("sequential" in cfg.tasks or "direct" in cfg.tasks) and "sasrec" in cfg.models
     sas = None
     if needs_sasrec:
@@ -469,11 +502,12 @@ def run_baselines(ds: Dataset, cfg: BaselineConfig) -> list[dict]:
                            seed=cfg.seed, device=cfg.device, progress=cfg.progress)
     pop = popularity_scores(split, item_ids)
     trans = TransitionScorer(split, item_ids) if "transition" in cfg.models else None
+    cooc = CoocScorer(split, item_ids, cfg.dim) if "cooc" in cfg.models else None
     full = "full ranking" + (" (history excluded)" if cfg.exclude_history else "")
     if "sequential" in cfg.tasks:
         pop_t = torch.from_numpy(pop)
         scorers = (("popularity", lambda h: pop_t.expand(len(h), -1)), ("transition", trans),
-                   ("sasrec", lambda h: score_sasrec(sas, h)))
+                   ("sasrec", lambda h: score_sasrec(sas, h)), ("cooc", cooc))
         for name, fn in [(n, f) for n, f in scorers if n in cfg.models]:
             ranked = _full_rank(fn, hist, item_ids, max(SEQ_KS), cfg.exclude_history)
             rows.append(_row(name, "sequential", full, M.ranking_metrics(ranked, targets, SEQ_KS)))
@@ -494,7 +528,8 @@ def run_baselines(ds: Dataset, cfg: BaselineConfig) -> list[dict]:
         counts = popularity_counts(split, item_ids)  # raw counts: ties get the seeded shuffle
         pop_c = np.array([[counts[pos[i]] for i in c] for c in cands])
         scorers = (("popularity", lambda: pop_c), ("transition", lambda: trans.candidate_scores(hist, cands)),
-                   ("sasrec", lambda: score_sasrec(sas, hist, cands)))
+                   ("sasrec", lambda: score_sasrec(sas, hist, cands)),
+                   ("cooc", lambda: cooc.candidate_scores(hist, cands)))
         for name, sc in [(n, f()) for n, f in scorers if n in cfg.models]:
             ranked = _rank_candidates(sc, cands, cfg.seed)
             rows.append(_row(name, "direct", f"sampled 1-of-{n_neg + 1}",
@@ -543,13 +578,14 @@ def main(argv=None) -> int:
     ap.add_argument("--split", default="test", choices=("test", "valid"), help="which held-out part to score")
     ap.add_argument("--tasks", default="sequential,direct,rating", help=f"comma list of {', '.join(TASKS)}")
     ap.add_argument("--models", default=",".join(RANKERS),
-                    help="sequential/direct baselines to run, comma list of " + ", ".join(RANKERS)
-                         + " (sasrec is the only slow one; rating always runs its three)")
+                    help="sequential/direct baselines to run, comma list of " + ", ".join(RANKERS + EXTRA_RANKERS)
+                         + " (sasrec is the only slow one; cooc, the co-occurrence vectors that train.py "
+                         "--item-init cooc starts from, runs only when named; rating always runs its three)")
     ap.add_argument("--out", help="directory for metrics.json and metrics.md (printed only when absent)")
     ap.add_argument("--seed", type=int, default=0, help="seed for training and negative sampling")
     ap.add_argument("--epochs", type=int, default=200, help="SASRec training epochs")
     ap.add_argument("--mf-epochs", type=int, default=100, help="matrix factorisation epochs")
-    ap.add_argument("--dim", type=int, default=64, help="SASRec hidden size")
+    ap.add_argument("--dim", type=int, default=64, help="SASRec hidden size (and cooc's vector size)")
     ap.add_argument("--layers", type=int, default=2, help="SASRec transformer blocks")
     ap.add_argument("--dropout", type=float, default=0.5, help="SASRec dropout (0.5 suits sparse Amazon data)")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where SASRec trains")

@@ -99,6 +99,26 @@ def test_transition_reads_the_last_item_on_planted_sequences(toy_ds):
     assert _row(rows, "transition", "direct")["metrics"]["HR@1"] > 0.9
 
 
+def test_cooc_ranks_training_neighbours_and_runs_only_when_named(toy_ds):
+    """cooc: the last item's training neighbours first; toy cycles make its successor one of them."""
+    split = time_split(toy_ds)
+    items = list(toy_ds.items)
+    c = B.CoocScorer(split, items, dim=16)
+    s = c([[items[0]], [], ["x-unknown"]]).numpy()
+    pop = B.popularity_scores(split, items)
+    assert np.argsort(-s[1], kind="stable").tolist() == np.argsort(-pop, kind="stable").tolist()  # no history
+    assert np.array_equal(s[1], s[2])
+    cands = [items[:5], items[5:10]]
+    got = c.candidate_scores([[items[0]], [items[1]]], cands)
+    full = c([[items[0]], [items[1]]]).numpy()
+    assert np.allclose(got, [full[0, :5], full[1, 5:10]])
+    rows = B.run_baselines(toy_ds, B.BaselineConfig(tasks=("sequential", "direct"), models=("popularity", "cooc"),
+                                                    **FAST))
+    cooc, pop_m = _row(rows, "cooc", "sequential")["metrics"], _row(rows, "popularity", "sequential")["metrics"]
+    assert cooc["HR@5"] > pop_m["HR@5"] + 0.3 and _row(rows, "cooc", "direct")["metrics"]["HR@5"] > 0.5
+    assert "cooc" not in B.BaselineConfig().models  # not a default row
+
+
 def test_models_selects_the_ranking_baselines(three_users, tmp_path, capsys):
     rows = B.run_baselines(three_users, B.BaselineConfig(tasks=("sequential", "direct"),
                                                          models=("transition",), **FAST))
