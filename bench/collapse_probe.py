@@ -74,6 +74,8 @@ def main(argv=None) -> int:
             or a.continuation < 0):
         p.error("--steps/--every/--next-weight must be >= 1, --next-first/--continuation >= 0, --users >= 3, "
                 "--items >= 8")
+    if a.continuation and a.prompt == "text":
+        p.error("--continuation: with --prompt ids, ids-reversed or last")
     torch.manual_seed(a.seed)
     if a.data:
         ds = load_dataset(a.data)
@@ -100,8 +102,6 @@ def main(argv=None) -> int:
 
     pairs = [({"inputs": prep(r["inputs"]), "targets": r["targets"]}, r["kind"] == "next") for r in rendered]
     if a.continuation:
-        if a.prompt == "text":
-            p.error("--continuation: with --prompt ids, ids-reversed or last")
         from p5x.tasks import HISTORY_LEN
         from p5x.split import time_split
 
