@@ -30,6 +30,7 @@ import torch
 from p5x.features import Featurizer
 from p5x.modeling import resolve_backbone
 from p5x.schema import load_dataset
+from p5x.split import time_split
 from p5x.tasks import make_context, render
 from p5x.toydata import make_toy_dataset
 from p5x.training import TrainConfig, build_model, build_tokenizer, task_rows
@@ -89,6 +90,7 @@ def main(argv=None) -> int:
     if spec.decoder_only:
         p.error("--model: an encoder-decoder (T5) backbone")
     ix, ux, rendered = task_rows(ds, cfg)
+    split = time_split(ds)  # the training part: continuation rows and the cooc init read it
 
     def prep(text):
         ids = ID.findall(text)
@@ -103,10 +105,9 @@ def main(argv=None) -> int:
     pairs = [({"inputs": prep(r["inputs"]), "targets": r["targets"]}, r["kind"] == "next") for r in rendered]
     if a.continuation:
         from p5x.tasks import HISTORY_LEN
-        from p5x.split import time_split
 
         pairs = []
-        for xs in time_split(ds).train.values():
+        for xs in split.train.values():
             codes = [ix.codes[x.item_id][0] for x in xs]
             for t in range(1, len(codes)):
                 pairs.append(({"inputs": prep(" ".join(codes[max(0, t - HISTORY_LEN):t])),
@@ -121,9 +122,8 @@ def main(argv=None) -> int:
             model.backbone.get_input_embeddings().weight.normal_(0.0, a.embed_std)
     if a.item_init == "cooc":
         from p5x.iteminit import init_item_embeddings
-        from p5x.split import time_split
 
-        init_item_embeddings(model, tok, ix, time_split(ds), a.seed)
+        init_item_embeddings(model, tok, ix, split, a.seed)
     feat = Featurizer(tok, False, a.whole_word == "on", cfg.max_source_len, cfg.max_target_len, cfg.max_words)
     val = render(make_context(ds, "atomic", a.seed, index=ix, user_index=ux), ["sequential"], "valid",
                  templates=["sequential-1"])

@@ -117,6 +117,11 @@ def popularity_scores(split: Split, item_ids: list[str]) -> np.ndarray:
 # transition (first-order Markov chain on the last item)
 
 
+def last_positions(pos: dict[str, int], histories: list[list[str]]) -> np.ndarray:
+    """Catalogue position of each history's last item; -1 for an empty history or an unknown item."""
+    return np.array([pos.get(h[-1], -1) if h else -1 for h in histories], dtype=np.int64)
+
+
 def transition_counts(split: Split, item_ids: list[str]):
     """[n_items, n_items] sparse counts of item j directly following item i in a training sequence."""
     from scipy.sparse import csr_matrix
@@ -146,7 +151,7 @@ class TransitionScorer:
         self.prior = 0.9 * (pop - pop.min()) / max(1e-9, float(pop.max() - pop.min()))
 
     def _last(self, histories: list[list[str]]) -> np.ndarray:
-        return np.array([self.pos.get(h[-1], -1) if h else -1 for h in histories], dtype=np.int64)
+        return last_positions(self.pos, histories)
 
     def __call__(self, histories: list[list[str]]) -> torch.Tensor:
         """[len(histories), n_items] scores over the whole catalogue."""
@@ -182,21 +187,19 @@ class CoocScorer:
         pop = popularity_scores(split, item_ids)
         self.prior = torch.from_numpy(1e-9 * (pop - pop.min()) / max(1e-9, float(pop.max() - pop.min())))
 
-    def _last(self, histories: list[list[str]]) -> torch.Tensor:
-        return torch.tensor([self.pos.get(h[-1], -1) if h else -1 for h in histories], dtype=torch.long)
+    def _query(self, histories: list[list[str]]) -> torch.Tensor:
+        """[users, dim]: the last item's vector, zero for an empty history or an unknown item."""
+        last = torch.from_numpy(last_positions(self.pos, histories))
+        return torch.where((last >= 0)[:, None], self.vec[last.clamp(min=0)], torch.zeros(1, dtype=self.vec.dtype))
 
     def __call__(self, histories: list[list[str]]) -> torch.Tensor:
         """[len(histories), n_items] scores over the whole catalogue."""
-        last = self._last(histories)
-        q = torch.where((last >= 0)[:, None], self.vec[last.clamp(min=0)], torch.zeros(1, dtype=self.vec.dtype))
-        return q @ self.vec.T + self.prior
+        return self._query(histories) @ self.vec.T + self.prior
 
     def candidate_scores(self, histories: list[list[str]], cands: list[list[str]]) -> np.ndarray:
         """[users, candidates] scores of each user's own candidate list (equal lengths)."""
         c = torch.tensor([[self.pos[i] for i in cs] for cs in cands], dtype=torch.long)
-        last = self._last(histories)
-        q = torch.where((last >= 0)[:, None], self.vec[last.clamp(min=0)], torch.zeros(1, dtype=self.vec.dtype))
-        return (torch.einsum("ud,ucd->uc", q, self.vec[c]) + self.prior[c]).numpy()
+        return (torch.einsum("ud,ucd->uc", self._query(histories), self.vec[c]) + self.prior[c]).numpy()
 
 
 # ----------------------------------------------------------------------------------------------
