@@ -25,7 +25,8 @@ from .errors import ConfigError
 from .split import Split
 
 METHODS = ("random", "cooc")
-MAX_RANK = 128  # eigenpairs computed at most; wider tables get zeros beyond (Beauty: 2.6 s at 128, 47 s at 512)
+MAX_RANK = 512  # eigenpairs computed at most (t5-small's width); wider tables get zeros beyond
+DENSE_MAX = 40_000  # items: up to here a dense eigendecomposition runs on an explicitly given device
 
 
 def cooccurrence_matrix(split: Split, items: list[str]):
@@ -41,12 +42,37 @@ def cooccurrence_matrix(split: Split, items: list[str]):
     return m
 
 
-def cooccurrence_vectors(split: Split, items: list[str], dim: int, seed: int = 0) -> np.ndarray:
+def _top_eigenpairs(m, k: int, seed: int, device=None) -> tuple[np.ndarray, np.ndarray]:
+    """(eigenvalues, eigenvectors as columns) of the symmetric sparse `m`, the k largest first.
+
+    Tiny matrices: numpy's dense eigh. With `device` (train.py passes its GPU) and at most DENSE_MAX
+    items: torch's dense eigh in float32 there (Beauty's 12,101 items: one 12k x 12k matrix, 0.6 GB).
+    Otherwise ARPACK on the CPU (scipy eigsh, seeded start vector), which slows with k: Beauty on 2
+    CPU cores took 3.8 s at k=128 and 86 s at k=512, a dense eigh there 254 s."""
+    n = m.shape[0]
+    if n <= 2 * k + 1:  # eigsh needs k < n; a dense solve is cheaper here anyway
+        lam, u = np.linalg.eigh(m.toarray())
+    elif device is not None and n <= DENSE_MAX:
+        a = torch.from_numpy(m.toarray().astype(np.float32)).to(device)
+        lam_t, u_t = torch.linalg.eigh(a)
+        lam, u = lam_t.double().cpu().numpy(), u_t.double().cpu().numpy()
+        del a, lam_t, u_t
+    else:
+        from scipy.sparse.linalg import eigsh
+
+        v0 = np.random.default_rng(seed).standard_normal(n)  # ARPACK's start vector, seeded
+        lam, u = eigsh(m.astype(np.float64), k=k, which="LA", v0=v0)
+    order = np.argsort(-lam)[:k]
+    return lam[order], u[:, order]
+
+
+def cooccurrence_vectors(split: Split, items: list[str], dim: int, seed: int = 0, device=None) -> np.ndarray:
     """[len(items), dim] float32: U * sqrt(L) for the `dim` largest (most positive) eigenpairs of the
     co-occurrence matrix, i.e. its best positive semi-definite rank-`dim` factor, so items that share
     neighbours get similar vectors. Columns by descending eigenvalue, each column's sign fixed
-    (largest entry positive), so the result is deterministic. Columns beyond MAX_RANK or of
-    non-positive eigenvalues, and rows of items without a training neighbour, are zero.
+    (largest entry positive), so the result is deterministic for one solver. Columns beyond MAX_RANK
+    or of non-positive eigenvalues, and rows of items without a training neighbour, are zero.
+    `device`: where a dense eigendecomposition may run (see _top_eigenpairs); None keeps to the CPU.
 
     Largest eigenvalues, not singular values: a singular vector can come from a negative eigenvalue,
     which gives neighbours opposite signs (an item chain a-b-c makes a and b anti-correlated)."""
@@ -56,15 +82,8 @@ def cooccurrence_vectors(split: Split, items: list[str], dim: int, seed: int = 0
     if m.nnz == 0:
         return out
     k = min(dim, MAX_RANK, n - 1)
-    if n <= 2 * k + 1:  # tiny catalogues: a dense eigendecomposition (eigsh needs k < n)
-        lam, u = np.linalg.eigh(m.toarray())
-    else:
-        from scipy.sparse.linalg import eigsh
-
-        v0 = np.random.default_rng(seed).standard_normal(n)  # ARPACK's start vector, seeded
-        lam, u = eigsh(m.astype(np.float64), k=k, which="LA", v0=v0)
-    order = np.argsort(-lam)[:k]
-    vec = u[:, order] * np.sqrt(np.clip(lam[order], 0.0, None))
+    lam, u = _top_eigenpairs(m, k, seed, device)
+    vec = u * np.sqrt(np.clip(lam, 0.0, None))
     flip = np.sign(vec[np.abs(vec).argmax(0), np.arange(vec.shape[1])])
     vec = vec * np.where(flip == 0, 1.0, flip)
     out[:, :vec.shape[1]] = vec
@@ -72,10 +91,11 @@ def cooccurrence_vectors(split: Split, items: list[str], dim: int, seed: int = 0
     return out
 
 
-def init_item_embeddings(model, tokenizer, index, split: Split, seed: int = 0) -> int:
+def init_item_embeddings(model, tokenizer, index, split: Split, seed: int = 0, device=None) -> int:
     """Overwrite the embedding row of every item token (atomic ids: one piece per item) with its
     co-occurrence vector, scaled to the table's standard deviation; returns how many rows changed.
-    An untied output layer gets the same vectors in its item rows, scaled to its own deviation."""
+    An untied output layer gets the same vectors in its item rows, scaled to its own deviation.
+    `device`: a GPU for the eigendecomposition (cooccurrence_vectors), or None for the CPU."""
     if index.method != "atomic":
         raise ConfigError(f"--item-init cooc: needs --index atomic (one token per item), got --index {index.method}")
     items = list(index.codes)
@@ -85,7 +105,7 @@ def init_item_embeddings(model, tokenizer, index, split: Split, seed: int = 0) -
         raise ConfigError("--item-init cooc: an item piece is not a token of the tokenizer")
     backbone = getattr(model, "backbone", model)
     table = backbone.get_input_embeddings().weight
-    vec = torch.from_numpy(cooccurrence_vectors(split, items, table.shape[1], seed))
+    vec = torch.from_numpy(cooccurrence_vectors(split, items, table.shape[1], seed, device))
     has = vec.abs().sum(1) > 0
     if not bool(has.any()):
         return 0

@@ -735,7 +735,8 @@ def train(cfg: TrainConfig, make_rows=task_rows, callbacks=()) -> Path:
         from .split import time_split
 
         t0 = time.perf_counter()
-        n = init_item_embeddings(model, tokenizer, index, time_split(ds), cfg.seed)
+        gpu = "cuda" if torch.cuda.is_available() and not cfg.use_cpu else None  # dense eigh there: seconds
+        n = init_item_embeddings(model, tokenizer, index, time_split(ds), cfg.seed, gpu)
         print(f"item embeddings: {n} of {len(index)} rows from training co-occurrence "
               f"({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
     meta = {"backbone": cfg.model, "backbone_kind": spec.kind, "pretrained": spec.pretrained,

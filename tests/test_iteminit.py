@@ -27,7 +27,7 @@ def _cos(v, a, b):
     return float(v[a] @ v[b] / (np.linalg.norm(v[a]) * np.linalg.norm(v[b]) + 1e-12))
 
 
-@pytest.mark.parametrize("n_items,dim", [(12, 4), (80, 8)])  # dense SVD path, then scipy's svds
+@pytest.mark.parametrize("n_items,dim", [(12, 4), (80, 8)])  # dense eigh path, then scipy's eigsh
 def test_neighbours_in_training_histories_get_close_vectors(n_items, dim):
     items = [f"it{k}" for k in range(n_items)]
     half = n_items // 2
@@ -52,6 +52,19 @@ def test_rank_is_capped_for_wide_tables(monkeypatch):
     capped = cooccurrence_vectors(_split(train), items, 8)
     assert capped.shape == (80, 8) and not capped[:, 3:].any() and capped[:, :3].any()
     assert np.allclose(np.abs(capped[:, 0]), np.abs(full[:, 0]), atol=1e-4)  # the leading eigenvector
+
+
+def test_dense_device_path_agrees_with_arpack():
+    """train.py hands its GPU to the init for a dense eigendecomposition; the CPU's torch runs the same
+    code here. Both must span the same top eigenspace: compare the Gram matrices V V^T, which do not
+    depend on the signs or the basis the solver picked."""
+    rng = np.random.default_rng(3)
+    items = [f"it{k}" for k in range(90)]
+    train = {f"u{k}": [items[j] for j in rng.choice(90, size=6)] for k in range(300)}
+    arpack = cooccurrence_vectors(_split(train), items, 10).astype(np.float64)
+    dense = cooccurrence_vectors(_split(train), items, 10, device="cpu").astype(np.float64)
+    assert dense.shape == arpack.shape and dense[:, :10].any()
+    assert np.allclose(dense @ dense.T, arpack @ arpack.T, atol=1e-3)
 
 
 def test_only_training_interactions_count():
