@@ -313,5 +313,9 @@ def test_oneshot_ablation_goes_over_the_train_flags(tmp_path):
     mix = load(REPO / "bench" / "beauty" / "config.json", "p5_mixture")[0]
     assert (mix["epochs"], mix["next_first"], mix["kind_counts"]) == (1, 0, "")
     assert cfg["ablations"]["p5_mixture"] == {"next_first": 0, "kind_counts": ""}  # staged: its main run
+    # next_only: the curriculum's first stage for the whole run (no mixture stage, no direct family)
+    nxt = load(REPO / "bench" / "beauty" / "config.json", "next_only")[0]
+    assert (nxt["tasks"], nxt["next_first"], nxt["item_init"]) == ("sequential", 0, "cooc")
+    assert nxt["kind_counts"] == "sequential.next=20,sequential.candidates=0,sequential.yesno=0"
     with pytest.raises(KeyError, match="no_such"):
         load(REPO / "bench" / "beauty" / "config.json", "no_such")
