@@ -150,13 +150,10 @@ class TransitionScorer:
         pop = popularity_scores(split, item_ids)
         self.prior = 0.9 * (pop - pop.min()) / max(1e-9, float(pop.max() - pop.min()))
 
-    def _last(self, histories: list[list[str]]) -> np.ndarray:
-        return last_positions(self.pos, histories)
-
     def __call__(self, histories: list[list[str]]) -> torch.Tensor:
         """[len(histories), n_items] scores over the whole catalogue."""
         out = np.tile(self.prior, (len(histories), 1))
-        last = self._last(histories)
+        last = last_positions(self.pos, histories)
         seen = np.flatnonzero(last >= 0)
         if len(seen):
             out[seen] += self.counts[last[seen]].toarray()
@@ -166,7 +163,7 @@ class TransitionScorer:
         """[users, candidates] scores of each user's own candidate list (equal lengths)."""
         c = np.array([[self.pos[i] for i in cs] for cs in cands], dtype=np.int64)
         out = self.prior[c]
-        last = self._last(histories)
+        last = last_positions(self.pos, histories)
         seen = np.flatnonzero(last >= 0)
         if len(seen):
             rows = np.repeat(last[seen], c.shape[1])

@@ -53,10 +53,8 @@ def _top_eigenpairs(m, k: int, seed: int, device=None) -> tuple[np.ndarray, np.n
     if n <= 2 * k + 1:  # eigsh needs k < n; a dense solve is cheaper here anyway
         lam, u = np.linalg.eigh(m.toarray())
     elif device is not None and n <= DENSE_MAX:
-        a = torch.from_numpy(m.toarray().astype(np.float32)).to(device)
-        lam_t, u_t = torch.linalg.eigh(a)
+        lam_t, u_t = torch.linalg.eigh(torch.from_numpy(m.astype(np.float32).toarray()).to(device))
         lam, u = lam_t.double().cpu().numpy(), u_t.double().cpu().numpy()
-        del a, lam_t, u_t
     else:
         from scipy.sparse.linalg import eigsh
 
