@@ -58,8 +58,9 @@ def main(argv=None) -> int:
     p.add_argument("--embed-std", type=float, default=0.0,
                    help="re-initialise the token embedding table (tied to the output layer) with this std; "
                    "0 keeps the backbone's own initialisation (T5: std 1.0)")
-    p.add_argument("--item-init", choices=("random", "cooc"), default="random",
-                   help="item-token embeddings at the start (p5x.iteminit; cooc: from training co-occurrence)")
+    p.add_argument("--item-init", choices=("random", "cooc", "markov"), default="random",
+                   help="item-token embeddings at the start (p5x.iteminit; cooc: from training co-occurrence; "
+                   "markov: a next-item model fitted to the training histories)")
     p.add_argument("--model", default="t5-tiny")
     p.add_argument("--data", default="", help="a normalized dataset instead of the toy one (e.g. the bundled "
                    "sample, p5x/sample_data/gift_cards); the accuracy is then measured on its validation part")
@@ -120,10 +121,10 @@ def main(argv=None) -> int:
     if a.embed_std > 0:
         with torch.no_grad():
             model.backbone.get_input_embeddings().weight.normal_(0.0, a.embed_std)
-    if a.item_init == "cooc":
+    if a.item_init != "random":
         from p5x.iteminit import init_item_embeddings
 
-        init_item_embeddings(model, tok, ix, split, a.seed)
+        init_item_embeddings(model, tok, ix, split, a.seed, method=a.item_init)
     feat = Featurizer(tok, False, a.whole_word == "on", cfg.max_source_len, cfg.max_target_len, cfg.max_words)
     val = render(make_context(ds, "atomic", a.seed, index=ix, user_index=ux), ["sequential"], "valid",
                  templates=["sequential-1"])

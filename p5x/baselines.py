@@ -19,7 +19,9 @@ transition scores each item by how often it directly followed the history's last
 training sequences (a first-order Markov chain), popularity breaking ties; cheap and, on sparse
 Amazon sets, far stronger than popularity. cooc (only with `--models cooc`) scores items by the dot
 product of their co-occurrence vectors with the last item's: what `train.py --item-init cooc`
-gives a model before its first step, so a row for that init can be read against it.
+gives a model before its first step, so a row for that init can be read against it. markov (only
+with `--models markov`) is the factorised next-item model `--item-init markov` fits (tied: the last
+item's own row, times the fitted scale, dotted with every row), so its row reads against that init.
 
 SASRec (Kang & McAuley 2018) here is trained with full-softmax cross-entropy over all items at
 every position, which is what makes it strong; `sasrec-sigmoid` is the same encoder with a
@@ -51,7 +53,7 @@ DIRECT_KS, DIRECT_NDCG_KS = (1, 5, 10), (5, 10)
 N_NEGATIVES = 99
 TASKS = ("sequential", "direct", "rating")
 RANKERS = ("popularity", "transition", "sasrec")  # the sequential / direct baselines run by default
-EXTRA_RANKERS = ("cooc",)  # on request only (--models)
+EXTRA_RANKERS = ("cooc", "markov")  # on request only (--models)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -171,23 +173,29 @@ class TransitionScorer:
         return out
 
 
-class CoocScorer:
-    """What `train.py --item-init cooc` puts into the model before training, as a ranker of its own:
-    the last item's co-occurrence vector (p5x.iteminit) dotted with every item's; popularity breaks
-    ties and ranks alone for an empty history or an item with no training neighbour."""
+class FactorScorer:
+    """What `train.py --item-init cooc|markov` puts into the model before training, as a ranker of
+    its own: the last item's query vector dotted with every item's vector (p5x.iteminit; for cooc the
+    query is the item's own vector, for markov the fitted model's query map applied to it);
+    popularity breaks ties and ranks alone for an empty history or an item with no training pair."""
 
-    def __init__(self, split: Split, item_ids: list[str], dim: int = 64):
-        from .iteminit import cooccurrence_vectors
+    def __init__(self, split: Split, item_ids: list[str], dim: int = 64, method: str = "cooc", seed: int = 0):
+        from .iteminit import cooccurrence_vectors, fit_markov
 
         self.pos = {iid: j for j, iid in enumerate(item_ids)}
-        self.vec = torch.from_numpy(cooccurrence_vectors(split, item_ids, dim)).double()
+        if method == "cooc":
+            self.vec = torch.from_numpy(cooccurrence_vectors(split, item_ids, dim)).double()
+            self.query = self.vec
+        else:
+            vec, query, _ = fit_markov(split, item_ids, dim, seed)
+            self.vec, self.query = torch.from_numpy(vec).double(), torch.from_numpy(query).double()
         pop = popularity_scores(split, item_ids)
         self.prior = torch.from_numpy(1e-9 * (pop - pop.min()) / max(1e-9, float(pop.max() - pop.min())))
 
     def _query(self, histories: list[list[str]]) -> torch.Tensor:
-        """[users, dim]: the last item's vector, zero for an empty history or an unknown item."""
+        """[users, dim]: the last item's query, zero for an empty history or an unknown item."""
         last = torch.from_numpy(last_positions(self.pos, histories))
-        return torch.where((last >= 0)[:, None], self.vec[last.clamp(min=0)], torch.zeros(1, dtype=self.vec.dtype))
+        return torch.where((last >= 0)[:, None], self.query[last.clamp(min=0)], torch.zeros(1, dtype=self.vec.dtype))
 
     def __call__(self, histories: list[list[str]]) -> torch.Tensor:
         """[len(histories), n_items] scores over the whole catalogue."""
@@ -502,12 +510,13 @@ def run_baselines(ds: Dataset, cfg: BaselineConfig) -> list[dict]:
                            seed=cfg.seed, device=cfg.device, progress=cfg.progress)
     pop = popularity_scores(split, item_ids)
     trans = TransitionScorer(split, item_ids) if "transition" in cfg.models else None
-    cooc = CoocScorer(split, item_ids, cfg.dim) if "cooc" in cfg.models else None
+    cooc = FactorScorer(split, item_ids, cfg.dim) if "cooc" in cfg.models else None
+    markov = FactorScorer(split, item_ids, cfg.dim, "markov", cfg.seed) if "markov" in cfg.models else None
     full = "full ranking" + (" (history excluded)" if cfg.exclude_history else "")
     if "sequential" in cfg.tasks:
         pop_t = torch.from_numpy(pop)
         scorers = (("popularity", lambda h: pop_t.expand(len(h), -1)), ("transition", trans),
-                   ("sasrec", lambda h: score_sasrec(sas, h)), ("cooc", cooc))
+                   ("sasrec", lambda h: score_sasrec(sas, h)), ("cooc", cooc), ("markov", markov))
         for name, fn in [(n, f) for n, f in scorers if n in cfg.models]:
             ranked = _full_rank(fn, hist, item_ids, max(SEQ_KS), cfg.exclude_history)
             rows.append(_row(name, "sequential", full, M.ranking_metrics(ranked, targets, SEQ_KS)))
@@ -529,7 +538,8 @@ def run_baselines(ds: Dataset, cfg: BaselineConfig) -> list[dict]:
         pop_c = np.array([[counts[pos[i]] for i in c] for c in cands])
         scorers = (("popularity", lambda: pop_c), ("transition", lambda: trans.candidate_scores(hist, cands)),
                    ("sasrec", lambda: score_sasrec(sas, hist, cands)),
-                   ("cooc", lambda: cooc.candidate_scores(hist, cands)))
+                   ("cooc", lambda: cooc.candidate_scores(hist, cands)),
+                   ("markov", lambda: markov.candidate_scores(hist, cands)))
         for name, sc in [(n, f()) for n, f in scorers if n in cfg.models]:
             ranked = _rank_candidates(sc, cands, cfg.seed)
             rows.append(_row(name, "direct", f"sampled 1-of-{n_neg + 1}",
@@ -580,12 +590,13 @@ def main(argv=None) -> int:
     ap.add_argument("--models", default=",".join(RANKERS),
                     help="sequential/direct baselines to run, comma list of " + ", ".join(RANKERS + EXTRA_RANKERS)
                          + " (sasrec is the only slow one; cooc, the co-occurrence vectors that train.py "
-                         "--item-init cooc starts from, runs only when named; rating always runs its three)")
+                         "--item-init cooc starts from, and markov, the next-item model --item-init markov fits, "
+                         "run only when named; rating always runs its three)")
     ap.add_argument("--out", help="directory for metrics.json and metrics.md (printed only when absent)")
     ap.add_argument("--seed", type=int, default=0, help="seed for training and negative sampling")
     ap.add_argument("--epochs", type=int, default=200, help="SASRec training epochs")
     ap.add_argument("--mf-epochs", type=int, default=100, help="matrix factorisation epochs")
-    ap.add_argument("--dim", type=int, default=64, help="SASRec hidden size (and cooc's vector size)")
+    ap.add_argument("--dim", type=int, default=64, help="SASRec hidden size (and cooc's and markov's vector size)")
     ap.add_argument("--layers", type=int, default=2, help="SASRec transformer blocks")
     ap.add_argument("--dropout", type=float, default=0.5, help="SASRec dropout (0.5 suits sparse Amazon data)")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where SASRec trains")

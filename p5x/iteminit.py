@@ -12,6 +12,15 @@ user's training sequence, either order). Items that follow one another get nearb
 the first step, and the model only has to learn to route the last item to the output. Only
 `Split.train` is read, so a user's validation and test items never shape an embedding.
 
+`markov` fits the rows instead: a factorised first-order Markov model over the training
+histories, P(next = b | last = a) = softmax_b(s * e_a . e_b), trained with a full softmax over
+the catalogue on every consecutive pair of a training sequence (the number of passes chosen on each
+sequence's held-out last training pair; seconds on a GPU, a few minutes on a CPU), and keeps the item
+vectors e. The scores are tied, like a tied T5's output layer, which scores the catalogue with the
+table it reads the history from. (`fit_markov(query_map=True)` also fits a matrix W, e_a W . e_b, a
+directed model that ranks better on its own, but a t5-tiny started from its rows did worse than
+from cooc's: bench/RESULTS.md, session 13.) Only `Split.train` is read here too.
+
 Rows of items with no training neighbour keep the backbone's random initialisation; the new rows
 are scaled to the embedding table's own standard deviation, so a pretrained table keeps its scale.
 """
@@ -24,9 +33,12 @@ import torch
 from .errors import ConfigError
 from .split import Split
 
-METHODS = ("random", "cooc")
+METHODS = ("random", "cooc", "markov")
 MAX_RANK = 512  # eigenpairs computed at most (t5-small's width); wider tables get zeros beyond
 DENSE_MAX = 40_000  # items: up to here a dense eigendecomposition runs on an explicitly given device
+MARKOV_MAX_EPOCHS = 20  # passes over the training pairs at most while choosing how many (fit_markov)
+MARKOV_PATIENCE = 2  # passes without a better held-out loss before that choice stops
+MARKOV_BATCH = 1024
 
 
 def cooccurrence_matrix(split: Split, items: list[str]):
@@ -89,21 +101,134 @@ def cooccurrence_vectors(split: Split, items: list[str], dim: int, seed: int = 0
     return out
 
 
-def init_item_embeddings(model, tokenizer, index, split: Split, seed: int = 0, device=None) -> int:
+def training_pairs(split: Split, items: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(previous, next, is_last) over every consecutive pair of a training sequence, repeats kept;
+    is_last marks each sequence's final pair (fit_markov's held-out check set)."""
+    pos = {iid: j for j, iid in enumerate(items)}
+    src: list[int] = []
+    dst: list[int] = []
+    last: list[bool] = []
+    for xs in split.train.values():
+        idx = [pos[x.item_id] for x in xs]
+        src += idx[:-1]
+        dst += idx[1:]
+        last += [False] * (len(idx) - 2) + [True] if len(idx) > 1 else []
+    return np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64), np.asarray(last, dtype=bool)
+
+
+def _held_out_ndcg(query, emb, src, dst, chunk: int = 4096) -> float:
+    """Mean NDCG@10 of each dst among all items, scored by query[src] . emb (ties count against it)."""
+    total = 0.0
+    for i in range(0, len(src), chunk):
+        sc = query[src[i:i + chunk]] @ emb.T
+        rank = (sc >= sc.gather(1, dst[i:i + chunk, None])).sum(1) - 1
+        gain = 1.0 / torch.log2(rank.double() + 2)
+        total += float(torch.where(rank < 10, gain, torch.zeros_like(gain)).sum())
+    return total / max(len(src), 1)
+
+
+def _fit_pairs(n, dim, src, dst, seed, dev, lr, epochs, check=None, bar=None, query_map=False):
+    """Adam on the full-softmax next-item loss for `epochs` passes; with `check` = (src, dst), stop
+    once its NDCG@10 has not improved for MARKOV_PATIENCE passes. Returns (E, Q, passes): the rows
+    after the last pass, or, with a check set, the number of passes that gave its best NDCG@10.
+    NDCG rather than the held-out loss: on Beauty the loss rises from the first pass (confident
+    misses) while the ranking keeps improving for several more."""
+    g = torch.Generator().manual_seed(seed)
+    emb = torch.nn.Parameter((0.1 * torch.randn(n, dim, generator=g)).to(dev))
+    w = torch.nn.Parameter(torch.eye(dim, device=dev))
+    s = torch.nn.Parameter(torch.tensor(10.0, device=dev))
+    opt = torch.optim.Adam([emb, w, s] if query_map else [emb, s], lr=lr)
+    src_t, dst_t = torch.from_numpy(src).to(dev), torch.from_numpy(dst).to(dev)
+    best, best_pass, since = -1.0, epochs, 0
+    for k in range(epochs):
+        perm = torch.randperm(len(src), generator=g).to(dev)
+        for b in perm.split(MARKOV_BATCH):
+            loss = torch.nn.functional.cross_entropy(s * (emb[src_t[b]] @ w) @ emb.T, dst_t[b])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if bar is not None:
+                bar.update()
+        if check is not None:
+            with torch.no_grad():
+                held = _held_out_ndcg(s * emb @ w, emb, *(torch.from_numpy(x).to(dev) for x in check))
+            if held > best:
+                best, best_pass, since = held, k + 1, 0
+            else:
+                since += 1
+                if since >= MARKOV_PATIENCE:
+                    break
+    with torch.no_grad():
+        return emb.detach(), (s * emb @ w).detach(), best_pass
+
+
+def fit_markov(split: Split, items: list[str], dim: int, seed: int = 0, device=None, epochs: int | None = None,
+               lr: float | None = None, progress: bool = False, query_map: bool = False):
+    """Fit the factorised Markov model of the module docstring; returns (E [n, dim], Q [n, dim],
+    passes) with E, Q float32 numpy: Q = s * E W is each item's query as the last item of a history
+    (the ranker p5x.baselines `markov` uses), E the item vectors (what --item-init markov keeps).
+
+    `epochs` None: the number of passes is chosen on the training data itself. Each sequence's last
+    training pair is held out, a fit on the other pairs runs until the held-out NDCG@10 stops rising
+    (at most MARKOV_MAX_EPOCHS passes), and the model is refitted on every pair for the best number
+    of passes. Seeded: the same split, seed and device give the same rows. Items in no training pair
+    get zero rows. `lr` None: 1e-2 * 64 / dim (Adam; a wider table overfits sooner)."""
+    n = len(items)
+    src, dst, last = training_pairs(split, items)
+    if len(src) == 0:
+        z = np.zeros((n, dim), dtype=np.float32)
+        return z, z.copy(), 0
+    dev = torch.device(device or "cpu")
+    lr = lr if lr is not None else 1e-2 * 64 / max(dim, 1)
+    from tqdm import tqdm
+
+    per_pass = -(-len(src) // MARKOV_BATCH)
+    with tqdm(total=per_pass * (epochs or 2 * MARKOV_MAX_EPOCHS), desc="markov item init", disable=not progress,
+              leave=False) as bar:
+        if epochs is None:
+            keep = ~last
+            if keep.any() and last.any():
+                epochs = _fit_pairs(n, dim, src[keep], dst[keep], seed, dev, lr, MARKOV_MAX_EPOCHS,
+                                    (src[last], dst[last]), bar, query_map)[2]
+            else:
+                epochs = MARKOV_MAX_EPOCHS // 2
+            bar.total = bar.n + per_pass * epochs
+        e, q, _ = _fit_pairs(n, dim, src, dst, seed, dev, lr, epochs, bar=bar, query_map=query_map)
+    seen = np.zeros(n, dtype=bool)
+    seen[src] = True
+    seen[dst] = True
+    e_np, q_np = e.float().cpu().numpy(), q.float().cpu().numpy()
+    e_np[~seen] = 0.0
+    q_np[~seen] = 0.0
+    return e_np, q_np, epochs
+
+
+def item_vectors(method: str, split: Split, items: list[str], dim: int, seed: int = 0, device=None,
+                 progress: bool = False) -> np.ndarray:
+    """[len(items), dim] float32 start rows of `method` (cooc or markov); zero rows are left alone."""
+    if method == "cooc":
+        return cooccurrence_vectors(split, items, dim, seed, device)
+    if method == "markov":
+        return fit_markov(split, items, dim, seed, device, progress=progress)[0]
+    raise ConfigError(f"--item-init: expected one of {', '.join(METHODS[1:])}, got {method!r}")
+
+
+def init_item_embeddings(model, tokenizer, index, split: Split, seed: int = 0, device=None,
+                         method: str = "cooc", progress: bool = False) -> int:
     """Overwrite the embedding row of every item token (atomic ids: one piece per item) with its
-    co-occurrence vector, scaled to the table's standard deviation; returns how many rows changed.
-    An untied output layer gets the same vectors in its item rows, scaled to its own deviation.
-    `device`: a GPU for the eigendecomposition (cooccurrence_vectors), or None for the CPU."""
+    `method` vector (cooc or markov), scaled to the table's standard deviation; returns how many
+    rows changed. An untied output layer gets the same vectors in its item rows, scaled to its own
+    deviation. `device`: a GPU for the eigendecomposition or the Markov fit, or None for the CPU."""
     if index.method != "atomic":
-        raise ConfigError(f"--item-init cooc: needs --index atomic (one token per item), got --index {index.method}")
+        raise ConfigError(f"--item-init {method}: needs --index atomic (one token per item), got --index {index.method}")
     items = list(index.codes)
     ids = tokenizer.convert_tokens_to_ids([index.codes[i][0] for i in items])
     unk = getattr(tokenizer, "unk_token_id", None)
     if any(t is None or t == unk for t in ids):
-        raise ConfigError("--item-init cooc: an item piece is not a token of the tokenizer")
+        raise ConfigError(f"--item-init {method}: an item piece is not a token of the tokenizer")
     backbone = getattr(model, "backbone", model)
     table = backbone.get_input_embeddings().weight
-    vec = torch.from_numpy(cooccurrence_vectors(split, items, table.shape[1], seed, device))
+    vec = torch.from_numpy(item_vectors(method, split, items, table.shape[1], seed, device, progress))
     has = vec.abs().sum(1) > 0
     if not bool(has.any()):
         return 0

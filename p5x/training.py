@@ -53,8 +53,9 @@ class TrainConfig:
     seed: int = field(default=0, metadata={"help": "seed for init, indexing, rendering and data order"})
     index: str = field(default="random", metadata={"help": "item indexing: random, sequential, collaborative or atomic (one token per item)"})
     item_init: str = field(default="random", metadata={"help": "item-token embeddings at the start: random (the "
-                                                   "backbone's init) or cooc (top eigenvectors of the training histories' item "
-                                                   "co-occurrence, p5x.iteminit; needs --index atomic)"})
+                                                   "backbone's init), cooc (top eigenvectors of the training histories' item "
+                                                   "co-occurrence) or markov (rows of a factorised next-item model "
+                                                   "fitted to the training histories); p5x.iteminit; both need --index atomic"})
     kind_counts: str = field(default="", metadata={"help": "training prompts per user and epoch of a kind, over "
                                                    "P5's counts (" + _COUNTS_HELP + "): family.kind=N,..., e.g. "
                                                    "sequential.next=15; 0 drops a kind"})
@@ -142,11 +143,13 @@ class TrainConfig:
                 raise ConfigError("--next-first: not used with --shots")
             if counts["sequential"]["next"] == 0:
                 raise ConfigError("--next-first: --kind-counts sets sequential.next=0, so there is nothing to train first")
-        if self.item_init == "cooc":
+        if self.item_init != "random":
             if self.index != "atomic":
-                raise ConfigError(f"--item-init cooc: needs --index atomic (one token per item), got {self.index}")
+                raise ConfigError(f"--item-init {self.item_init}: needs --index atomic (one token per item), "
+                                  f"got {self.index}")
             if self.shots:
-                raise ConfigError("--item-init cooc: not used with --shots (held-out users would shape the embeddings)")
+                raise ConfigError(f"--item-init {self.item_init}: not used with --shots (held-out users would shape "
+                                  "the embeddings)")
         if self.merge and self.peft != "lora":
             raise ConfigError("--merge: needs --peft lora (there is no adapter to merge)")
         self.families()
@@ -730,14 +733,16 @@ def train(cfg: TrainConfig, make_rows=task_rows, callbacks=()) -> Path:
         print(f"pre-tokenized {len(rows)} rows into {out / CACHE_DIR}", file=sys.stderr)
         return out
     model = build_model(cfg, spec, tokenizer)
-    if cfg.item_init == "cooc":  # a resumed run loads its trained weights over these afterwards
+    if cfg.item_init != "random":  # a resumed run loads its trained weights over these afterwards
         from .iteminit import init_item_embeddings
         from .split import time_split
 
         t0 = time.perf_counter()
-        gpu = "cuda" if torch.cuda.is_available() and not cfg.use_cpu else None  # dense eigh there: seconds
-        n = init_item_embeddings(model, tokenizer, index, time_split(ds), cfg.seed, gpu)
-        print(f"item embeddings: {n} of {len(index)} rows from training co-occurrence "
+        gpu = "cuda" if torch.cuda.is_available() and not cfg.use_cpu else None  # eigh / Markov fit there: seconds
+        n = init_item_embeddings(model, tokenizer, index, time_split(ds), cfg.seed, gpu, cfg.item_init,
+                                 progress=True)
+        source = {"cooc": "training co-occurrence", "markov": "a next-item model of the training histories"}
+        print(f"item embeddings: {n} of {len(index)} rows from {source[cfg.item_init]} "
               f"({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
     meta = {"backbone": cfg.model, "backbone_kind": spec.kind, "pretrained": spec.pretrained,
             "whole_word": cfg.whole_word_embeddings == "on", "max_words": cfg.max_words,

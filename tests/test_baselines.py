@@ -103,7 +103,7 @@ def test_cooc_ranks_training_neighbours_and_runs_only_when_named(toy_ds):
     """cooc: the last item's training neighbours first; toy cycles make its successor one of them."""
     split = time_split(toy_ds)
     items = list(toy_ds.items)
-    c = B.CoocScorer(split, items, dim=16)
+    c = B.FactorScorer(split, items, dim=16)
     s = c([[items[0]], [], ["x-unknown"]]).numpy()
     pop = B.popularity_scores(split, items)
     assert np.argsort(-s[1], kind="stable").tolist() == np.argsort(-pop, kind="stable").tolist()  # no history
@@ -117,6 +117,15 @@ def test_cooc_ranks_training_neighbours_and_runs_only_when_named(toy_ds):
     cooc, pop_m = _row(rows, "cooc", "sequential")["metrics"], _row(rows, "popularity", "sequential")["metrics"]
     assert cooc["HR@5"] > pop_m["HR@5"] + 0.3 and _row(rows, "cooc", "direct")["metrics"]["HR@5"] > 0.5
     assert "cooc" not in B.BaselineConfig().models  # not a default row
+
+
+def test_markov_ranks_the_successor_and_runs_only_when_named(toy_ds):
+    """markov: the fitted next-item model puts the toy's successor on top, unlike popularity."""
+    rows = B.run_baselines(toy_ds, B.BaselineConfig(tasks=("sequential", "direct"), models=("popularity", "markov"),
+                                                    **FAST))
+    mk, pop_m = _row(rows, "markov", "sequential")["metrics"], _row(rows, "popularity", "sequential")["metrics"]
+    assert mk["HR@5"] > pop_m["HR@5"] + 0.3 and _row(rows, "markov", "direct")["metrics"]["HR@5"] > 0.5
+    assert "markov" not in B.BaselineConfig().models
 
 
 def test_models_selects_the_ranking_baselines(three_users, tmp_path, capsys):

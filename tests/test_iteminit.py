@@ -1,4 +1,4 @@
-"""--item-init cooc: item embeddings from training co-occurrence only, deterministic, wired into train.py."""
+"""--item-init cooc|markov: item embeddings from training histories only, deterministic, wired into train.py."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from p5x.checkpoint import load_checkpoint
 from p5x.errors import ConfigError
 from p5x.indexing import build_index
-from p5x.iteminit import cooccurrence_matrix, cooccurrence_vectors, init_item_embeddings
+from p5x.iteminit import cooccurrence_matrix, cooccurrence_vectors, fit_markov, init_item_embeddings, training_pairs
 from p5x.schema import Interaction
 from p5x.split import Split, time_split
 from p5x.training import TrainConfig, train
@@ -110,28 +110,83 @@ def test_init_sets_item_rows_and_needs_atomic_ids(toy_ds, tmp_path):
     assert torch.equal(table.detach()[untouched], before[untouched])  # text pieces keep their init
 
 
+def test_markov_fit_is_directed_where_cooc_cannot_be():
+    """query_map=True: users walk a 12-item cycle forwards only; the fitted model ranks each item's
+    successor above its predecessor (cooc's symmetric scores tie them), and the fit is seeded."""
+    items = [f"it{k}" for k in range(12)]
+    train = {f"u{k}": [items[(k + j) % 12] for j in range(5)] for k in range(120)}
+    vec, query, _ = fit_markov(_split(train), items, 8, seed=0, epochs=30, lr=3e-2, query_map=True)
+    assert vec.shape == query.shape == (12, 8) and vec.dtype == np.float32
+    scores = query @ vec.T
+    nxt = [scores[k, (k + 1) % 12] for k in range(12)]
+    prev = [scores[k, (k - 1) % 12] for k in range(12)]
+    assert all(n > p for n, p in zip(nxt, prev))
+    assert sum(int(np.argmax(scores[k]) == (k + 1) % 12) for k in range(12)) >= 10
+    again = fit_markov(_split(train), items, 8, seed=0, epochs=30, lr=3e-2, query_map=True)
+    assert np.array_equal(vec, again[0]) and np.array_equal(query, again[1])
+    cv = cooccurrence_vectors(_split(train), items, 8)
+    sym = cv @ cv.T
+    assert np.allclose([sym[k, (k + 1) % 12] for k in range(12)], [sym[k, (k - 1) % 12] for k in range(12)],
+                       atol=1e-4)
+
+
+def test_markov_reads_training_pairs_only():
+    items = ["a", "b", "c", "d", "e"]
+    base = {"u1": ["a", "b", "c"], "u2": ["b", "c"], "u3": ["c"]}
+    src, dst, last = training_pairs(_split(base), items)
+    assert sorted(zip(src.tolist(), dst.tolist(), last.tolist())) == [(0, 1, False), (1, 2, True), (1, 2, True)]
+    held = _split(base, valid={"u1": "d"}, test={"u1": "e", "u2": "a"})
+    vec, query, _ = fit_markov(held, items, 4, seed=1, epochs=3)
+    ref = fit_markov(_split(base), items, 4, seed=1, epochs=3)
+    assert np.array_equal(vec, ref[0]) and np.array_equal(query, ref[1])
+    assert not vec[3:].any() and not query[3:].any() and vec[:3].any()  # d, e: in no training pair
+    empty = fit_markov(_split({"u": ["a"]}), items, 4)
+    assert not empty[0].any() and not empty[1].any()
+
+
+def test_markov_chooses_its_passes_on_held_out_training_pairs(monkeypatch):
+    """epochs=None: the pass count comes from each sequence's held-out last training pair, then the rows
+    are refitted on every pair for that many passes. On noise (successors drawn at random) the held-out
+    loss turns up early, so it stops well before the cap; on a clean cycle it keeps improving longer."""
+    import p5x.iteminit as iteminit
+
+    monkeypatch.setattr(iteminit, "MARKOV_MAX_EPOCHS", 15)
+    rng = np.random.default_rng(0)
+    items = [f"it{k}" for k in range(40)]
+    noise = {f"u{k}": [items[j] for j in rng.choice(40, size=6)] for k in range(150)}
+    vec, query, passes = fit_markov(_split(noise), items, 16, seed=0, lr=5e-2)
+    assert 1 <= passes < 8
+    again = fit_markov(_split(noise), items, 16, seed=0, epochs=passes, lr=5e-2)
+    assert np.array_equal(vec, again[0]) and np.array_equal(query, again[1])  # refitted on every pair
+    cycle = {f"u{k}": [items[(k + j) % 40] for j in range(6)] for k in range(150)}
+    assert fit_markov(_split(cycle), items, 16, seed=0, lr=5e-2)[2] > passes
+
+
 def test_config_rejects_cooc_without_atomic_ids():
     with pytest.raises(ConfigError, match="--index atomic"):
         TrainConfig(item_init="cooc").validate()
+    with pytest.raises(ConfigError, match="--item-init markov: needs --index atomic"):
+        TrainConfig(item_init="markov").validate()
     with pytest.raises(ConfigError, match="--item-init"):
         TrainConfig(item_init="svd", index="atomic").validate()
     with pytest.raises(ConfigError, match="--shots"):
         TrainConfig(item_init="cooc", index="atomic", tasks="preference", shots=8).validate()
 
 
-def test_train_with_cooc_init_and_rank(toy_dir, toy_ds, tmp_path):
+@pytest.mark.parametrize("method", ["cooc", "markov"])
+def test_train_with_item_init_and_rank(toy_dir, toy_ds, tmp_path, method):
     """Through train.py's path: the checkpoint records the option and its item rows moved from random."""
     from p5x.inference import build_item_trie, rank_items
 
     common = dict(data=str(toy_dir), tasks="sequential", epochs=1, batch_size=16, max_steps=2, save_steps=100,
                   use_cpu=True, vocab_size=300, index="atomic", max_source_len=128, max_target_len=8, lr=1e-9)
     base = load_checkpoint(train(TrainConfig(output=str(tmp_path / "r"), **common)), data=toy_ds)
-    ck = load_checkpoint(train(TrainConfig(output=str(tmp_path / "c"), item_init="cooc", **common)), data=toy_ds)
-    assert ck.config["train_config"]["item_init"] == "cooc"
+    ck = load_checkpoint(train(TrainConfig(output=str(tmp_path / "c"), item_init=method, **common)), data=toy_ds)
+    assert ck.config["train_config"]["item_init"] == method
     ids = ck.tokenizer.convert_tokens_to_ids(sorted(ck.index.pieces()))
     w_c = ck.model.backbone.get_input_embeddings().weight.detach()
     w_r = base.model.backbone.get_input_embeddings().weight.detach()
-    assert not torch.allclose(w_c[ids], w_r[ids])  # the item rows come from co-occurrence
+    assert not torch.allclose(w_c[ids], w_r[ids])  # the item rows come from the training histories
     user = next(iter(ck.user_index.codes))
     ranked, invalid = rank_items(ck, [f"what will user {ck.user_index.text(user)} buy next ?"],
                                  build_item_trie(ck), beams=4, progress=False)
