@@ -239,7 +239,7 @@ def test_oneshot_rejects_a_bad_max_passes(tmp_path):
 
 
 def _oneshot_config(tmp_path) -> Path:
-    cfg = {"train": {"tasks": "sequential", "model": "t5-tiny", "epochs": 1, "batch_size": 8, "lr": 0.003,
+    cfg = {"train": {"tasks": "sequential", "model": "t5-tiny", "epochs": 3, "batch_size": 8, "lr": 0.003,
                      "warmup_steps": 2, "vocab_size": 200, "max_source_len": 96, "max_target_len": 16,
                      "save_steps": 1000, "logging_steps": 2, "use_cpu": True},
            "evaluate": {"tasks": "sequential", "templates": "seen,unseen", "template_ids": "sequential-1,sequential-13",
