@@ -124,16 +124,26 @@ def last_positions(pos: dict[str, int], histories: list[list[str]]) -> np.ndarra
     return np.array([pos.get(h[-1], -1) if h else -1 for h in histories], dtype=np.int64)
 
 
-def transition_counts(split: Split, item_ids: list[str]):
-    """[n_items, n_items] sparse counts of item j directly following item i in a training sequence."""
-    from scipy.sparse import csr_matrix
-
+def training_pairs(split: Split, item_ids: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(previous, next, is_last) item positions over every consecutive pair of a training sequence,
+    repeats kept; is_last marks each sequence's final pair (p5x.iteminit.fit_markov's check set)."""
     pos = {iid: j for j, iid in enumerate(item_ids)}
-    src, dst = [], []
+    src: list[int] = []
+    dst: list[int] = []
+    last: list[bool] = []
     for xs in split.train.values():
         idx = [pos[x.item_id] for x in xs]
         src += idx[:-1]
         dst += idx[1:]
+        last += [False] * (len(idx) - 2) + [True] if len(idx) > 1 else []
+    return np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64), np.asarray(last, dtype=bool)
+
+
+def transition_counts(split: Split, item_ids: list[str]):
+    """[n_items, n_items] sparse counts of item j directly following item i in a training sequence."""
+    from scipy.sparse import csr_matrix
+
+    src, dst, _ = training_pairs(split, item_ids)
     n = len(item_ids)
     return csr_matrix((np.ones(len(src)), (src, dst)), shape=(n, n))  # duplicates are summed
 
@@ -176,7 +186,7 @@ class TransitionScorer:
 class FactorScorer:
     """What `train.py --item-init cooc|markov` puts into the model before training, as a ranker of
     its own: the last item's query vector dotted with every item's vector (p5x.iteminit; for cooc the
-    query is the item's own vector, for markov the fitted model's query map applied to it);
+    query is the item's own vector, for markov the fitted scale times it);
     popularity breaks ties and ranks alone for an empty history or an item with no training pair."""
 
     def __init__(self, split: Split, item_ids: list[str], dim: int = 64, method: str = "cooc", seed: int = 0):

@@ -37,7 +37,7 @@ METHODS = ("random", "cooc", "markov")
 MAX_RANK = 512  # eigenpairs computed at most (t5-small's width); wider tables get zeros beyond
 DENSE_MAX = 40_000  # items: up to here a dense eigendecomposition runs on an explicitly given device
 MARKOV_MAX_EPOCHS = 20  # passes over the training pairs at most while choosing how many (fit_markov)
-MARKOV_PATIENCE = 2  # passes without a better held-out loss before that choice stops
+MARKOV_PATIENCE = 2  # passes without a better held-out NDCG@10 before that choice stops
 MARKOV_BATCH = 1024
 
 
@@ -101,21 +101,6 @@ def cooccurrence_vectors(split: Split, items: list[str], dim: int, seed: int = 0
     return out
 
 
-def training_pairs(split: Split, items: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(previous, next, is_last) over every consecutive pair of a training sequence, repeats kept;
-    is_last marks each sequence's final pair (fit_markov's held-out check set)."""
-    pos = {iid: j for j, iid in enumerate(items)}
-    src: list[int] = []
-    dst: list[int] = []
-    last: list[bool] = []
-    for xs in split.train.values():
-        idx = [pos[x.item_id] for x in xs]
-        src += idx[:-1]
-        dst += idx[1:]
-        last += [False] * (len(idx) - 2) + [True] if len(idx) > 1 else []
-    return np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64), np.asarray(last, dtype=bool)
-
-
 def _held_out_ndcg(query, emb, src, dst, chunk: int = 4096) -> float:
     """Mean NDCG@10 of each dst among all items, scored by query[src] . emb (ties count against it)."""
     total = 0.0
@@ -139,6 +124,7 @@ def _fit_pairs(n, dim, src, dst, seed, dev, lr, epochs, check=None, bar=None, qu
     s = torch.nn.Parameter(torch.tensor(10.0, device=dev))
     opt = torch.optim.Adam([emb, w, s] if query_map else [emb, s], lr=lr)
     src_t, dst_t = torch.from_numpy(src).to(dev), torch.from_numpy(dst).to(dev)
+    check_t = None if check is None else tuple(torch.from_numpy(x).to(dev) for x in check)
     best, best_pass, since = -1.0, epochs, 0
     for k in range(epochs):
         perm = torch.randperm(len(src), generator=g).to(dev)
@@ -149,9 +135,9 @@ def _fit_pairs(n, dim, src, dst, seed, dev, lr, epochs, check=None, bar=None, qu
             opt.step()
             if bar is not None:
                 bar.update()
-        if check is not None:
+        if check_t is not None:
             with torch.no_grad():
-                held = _held_out_ndcg(s * emb @ w, emb, *(torch.from_numpy(x).to(dev) for x in check))
+                held = _held_out_ndcg(s * emb @ w, emb, *check_t)
             if held > best:
                 best, best_pass, since = held, k + 1, 0
             else:
@@ -174,6 +160,8 @@ def fit_markov(split: Split, items: list[str], dim: int, seed: int = 0, device=N
     of passes. Seeded: the same split, seed and device give the same rows. Items in no training pair
     get zero rows. `lr` None: 1e-2 * 64 / dim (Adam; a wider table overfits sooner)."""
     n = len(items)
+    from .baselines import training_pairs
+
     src, dst, last = training_pairs(split, items)
     if len(src) == 0:
         z = np.zeros((n, dim), dtype=np.float32)

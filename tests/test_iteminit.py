@@ -9,7 +9,8 @@ import torch
 from p5x.checkpoint import load_checkpoint
 from p5x.errors import ConfigError
 from p5x.indexing import build_index
-from p5x.iteminit import cooccurrence_matrix, cooccurrence_vectors, fit_markov, init_item_embeddings, training_pairs
+from p5x.baselines import training_pairs
+from p5x.iteminit import cooccurrence_matrix, cooccurrence_vectors, fit_markov, init_item_embeddings
 from p5x.schema import Interaction
 from p5x.split import Split, time_split
 from p5x.training import TrainConfig, train
