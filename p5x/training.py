@@ -733,7 +733,7 @@ def train(cfg: TrainConfig, make_rows=task_rows, callbacks=()) -> Path:
         print(f"pre-tokenized {len(rows)} rows into {out / CACHE_DIR}", file=sys.stderr)
         return out
     model = build_model(cfg, spec, tokenizer)
-    if cfg.item_init != "random":  # a resumed run loads its trained weights over these afterwards
+    if cfg.item_init != "random" and resume_from is None:  # resumed: the checkpoint's trained rows are loaded
         from .iteminit import init_item_embeddings
         from .split import time_split
 

@@ -192,3 +192,31 @@ def test_train_with_item_init_and_rank(toy_dir, toy_ds, tmp_path, method):
     ranked, invalid = rank_items(ck, [f"what will user {ck.user_index.text(user)} buy next ?"],
                                  build_item_trie(ck), beams=4, progress=False)
     assert invalid == 0 and len(set(ranked[0])) == len(ranked[0]) >= 4
+
+
+def test_resumed_run_keeps_its_trained_rows_and_skips_the_fit(toy_dir, tmp_path, monkeypatch):
+    """A run killed after a checkpoint and resumed ends where an uninterrupted one does, without
+    fitting the start rows again (the checkpoint's trained rows are what it goes on from)."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    import p5x.iteminit
+
+    common = dict(data=str(toy_dir), tasks="sequential", epochs=1, batch_size=16, max_steps=4, save_steps=2,
+                  use_cpu=True, vocab_size=300, index="atomic", item_init="markov", max_source_len=128,
+                  max_target_len=8, lr=3e-3)
+    full = train(TrainConfig(output=str(tmp_path / "full"), **common))
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    shutil.copytree(full / "checkpoint-2", killed / "checkpoint-2")
+
+    def refit(*a, **k):
+        raise AssertionError("the start rows were fitted again on resume")
+
+    monkeypatch.setattr(p5x.iteminit, "init_item_embeddings", refit)
+    resumed = train(TrainConfig(output=str(killed), resume=True, **common))
+    a, b = load_file(str(full / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
