@@ -733,6 +733,7 @@ def train(cfg: TrainConfig, make_rows=task_rows, callbacks=()) -> Path:
         print(f"pre-tokenized {len(rows)} rows into {out / CACHE_DIR}", file=sys.stderr)
         return out
     model = build_model(cfg, spec, tokenizer)
+    init_s = 0.0  # seconds spent fitting the item rows (throughput.json: not start-up a resumed stage pays)
     if cfg.item_init != "random" and resume_from is None:  # resumed: the checkpoint's trained rows are loaded
         from .iteminit import init_item_embeddings
         from .split import time_split
@@ -742,8 +743,9 @@ def train(cfg: TrainConfig, make_rows=task_rows, callbacks=()) -> Path:
         n = init_item_embeddings(model, tokenizer, index, time_split(ds), cfg.seed, gpu, cfg.item_init,
                                  progress=True)
         source = {"cooc": "training co-occurrence", "markov": "a next-item model of the training histories"}
-        print(f"item embeddings: {n} of {len(index)} rows from {source[cfg.item_init]} "
-              f"({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+        init_s = time.perf_counter() - t0
+        print(f"item embeddings: {n} of {len(index)} rows from {source[cfg.item_init]} ({init_s:.1f} s)",
+              file=sys.stderr)
     meta = {"backbone": cfg.model, "backbone_kind": spec.kind, "pretrained": spec.pretrained,
             "whole_word": cfg.whole_word_embeddings == "on", "max_words": cfg.max_words,
             "target_space": featurizer.target_space, "max_source_len": cfg.max_source_len,
@@ -770,12 +772,13 @@ def train(cfg: TrainConfig, make_rows=task_rows, callbacks=()) -> Path:
         if cfg.merge:
             from .checkpoint import merge_lora
             merge_lora(out, out / "merged")
-        write_throughput(out, trainer, model, cfg, collator)
+        write_throughput(out, trainer, model, cfg, collator, init_s)
     return out
 
 
-def write_throughput(out: Path, trainer, model, cfg: TrainConfig, collator) -> None:
-    """OUTPUT/throughput.json: this process's training rates (one stage when resumed), for bench/."""
+def write_throughput(out: Path, trainer, model, cfg: TrainConfig, collator, item_init_s: float = 0.0) -> None:
+    """OUTPUT/throughput.json: this process's training rates (one stage when resumed), for bench/;
+    item_init_s: the seconds this process spent fitting --item-init rows (0 when resumed)."""
     meter = trainer.__dict__.get("_tp")
     if meter is None:  # resumed past the last step: nothing trained here
         return
@@ -788,7 +791,7 @@ def write_throughput(out: Path, trainer, model, cfg: TrainConfig, collator) -> N
            # rows = every rendered epoch; passes > 1 when --max-steps ran past them (the rows repeat)
            "rows": rows, "passes": round(trainer.state.global_step * per_step / max(rows, 1), 4),
            "grad_accum": cfg.grad_accum, "params": sum(p.numel() for p in model.parameters()),
-           "bf16": bool(trainer.args.bf16), "pretokenized": cfg.pretokenize,
+           "bf16": bool(trainer.args.bf16), "pretokenized": cfg.pretokenize, "item_init_seconds": round(item_init_s, 2),
            "device": device_name("cpu" if trainer.args.use_cpu or not torch.cuda.is_available() else "cuda")}
     tmp = out / ".throughput.json.tmp"
     tmp.write_text(json.dumps(res, indent=1))

@@ -226,6 +226,10 @@ def test_oneshot_plan_splits_the_time_left():
     # short of time, the check is dropped before any test user is cut
     d = plan(150.0, cal, users=100_000, prompts=2, margin=20.0, min_train=60.0, diversity_users=500)
     assert d["diversity_s"] == 0.0 and d["eval_users"] == p["eval_users"]
+    # the calibration stage's item-row fit is not start-up the resumed training stage pays again
+    fit = plan(500.0, {**cal, "train_wall_s": 65.0, "item_init_s": 15.0}, users=1000, prompts=2, margin=20.0,
+               min_train=60.0)
+    assert fit["train_fixed_s"] == 20.0 and fit["train_s"] == pytest.approx(p_full["train_s"], abs=0.1)
 
 
 def test_oneshot_rejects_a_bad_max_passes(tmp_path):

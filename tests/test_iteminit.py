@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -220,3 +222,6 @@ def test_resumed_run_keeps_its_trained_rows_and_skips_the_fit(toy_dir, tmp_path,
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6), k
+    # throughput.json says what the fit cost each stage (bench/beauty/oneshot.py plans without it)
+    fit_s = [json.loads((d / "throughput.json").read_text())["item_init_seconds"] for d in (full, resumed)]
+    assert fit_s[0] > 0 and fit_s[1] == 0

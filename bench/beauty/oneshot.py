@@ -127,7 +127,8 @@ def plan(left: float, cal: dict, users: int, prompts: int, margin: float, min_tr
     diversity = (eval_fixed + per_user * min(diversity_users, users)) if diversity_users else 0.0
     # one evaluation process per prompt, then the diversity check
     eval_need = 1.15 * (prompts * (eval_fixed + per_user * users) + diversity)
-    train_fixed = max(0.0, cal["train_wall_s"] - cal["train_s"])  # start-up, cache load, checkpoint save
+    # start-up, cache load, checkpoint save; not the item-row fit, which a resumed stage skips
+    train_fixed = max(0.0, cal["train_wall_s"] - cal["train_s"] - cal.get("item_init_s", 0.0))
     train_s = left - eval_need - train_fixed - margin
     eval_users = users
     if train_s < min_train and diversity_users:  # short of time: the optional check goes first
@@ -217,6 +218,7 @@ def main(argv=None) -> int:
         meta = json.loads((cal_dir / "metrics.json").read_text())["meta"]
         n_users = _eval_user_count(py, data, env)
         cal = {"train_s": tp["seconds"], "train_wall_s": run.stages["calibrate_train"],
+               "item_init_s": tp.get("item_init_seconds", 0.0),
                "steps_per_s": tp["global_step"] / max(tp["seconds"], 1e-9), "steps": tp["global_step"],
                "eval_users": min(cal_users, n_users), "eval_model_s": meta["model_eval_seconds"], "eval_wall_s": wall}
         steps_cap = None
