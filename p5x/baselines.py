@@ -189,15 +189,18 @@ class FactorScorer:
     query is the item's own vector, for markov the fitted scale times it);
     popularity breaks ties and ranks alone for an empty history or an item with no training pair."""
 
-    def __init__(self, split: Split, item_ids: list[str], dim: int = 64, method: str = "cooc", seed: int = 0):
+    def __init__(self, split: Split, item_ids: list[str], dim: int = 64, method: str = "cooc", seed: int = 0,
+                 device: str | None = None, progress: bool = False):
+        """device: where the eigendecomposition (cooc) or the fit (markov) runs, as train.py's
+        --item-init does on its training device; None keeps to the CPU."""
         from .iteminit import cooccurrence_vectors, fit_markov
 
         self.pos = {iid: j for j, iid in enumerate(item_ids)}
         if method == "cooc":
-            self.vec = torch.from_numpy(cooccurrence_vectors(split, item_ids, dim)).double()
+            self.vec = torch.from_numpy(cooccurrence_vectors(split, item_ids, dim, device=device)).double()
             self.query = self.vec
         else:
-            vec, query, _ = fit_markov(split, item_ids, dim, seed)
+            vec, query, _ = fit_markov(split, item_ids, dim, seed, device, progress=progress)
             self.vec, self.query = torch.from_numpy(vec).double(), torch.from_numpy(query).double()
         pop = popularity_scores(split, item_ids)
         self.prior = torch.from_numpy(1e-9 * (pop - pop.min()) / max(1e-9, float(pop.max() - pop.min())))
@@ -520,8 +523,10 @@ def run_baselines(ds: Dataset, cfg: BaselineConfig) -> list[dict]:
                            seed=cfg.seed, device=cfg.device, progress=cfg.progress)
     pop = popularity_scores(split, item_ids)
     trans = TransitionScorer(split, item_ids) if "transition" in cfg.models else None
-    cooc = FactorScorer(split, item_ids, cfg.dim) if "cooc" in cfg.models else None
-    markov = FactorScorer(split, item_ids, cfg.dim, "markov", cfg.seed) if "markov" in cfg.models else None
+    fit_dev = cfg.device if cfg.device == "cuda" else None  # the CPU path keeps ARPACK for cooc
+    cooc = FactorScorer(split, item_ids, cfg.dim, device=fit_dev) if "cooc" in cfg.models else None
+    markov = (FactorScorer(split, item_ids, cfg.dim, "markov", cfg.seed, fit_dev, cfg.progress)
+              if "markov" in cfg.models else None)
     full = "full ranking" + (" (history excluded)" if cfg.exclude_history else "")
     if "sequential" in cfg.tasks:
         pop_t = torch.from_numpy(pop)
@@ -599,7 +604,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tasks", default="sequential,direct,rating", help=f"comma list of {', '.join(TASKS)}")
     ap.add_argument("--models", default=",".join(RANKERS),
                     help="sequential/direct baselines to run, comma list of " + ", ".join(RANKERS + EXTRA_RANKERS)
-                         + " (sasrec is the only slow one; cooc, the co-occurrence vectors that train.py "
+                         + " (sasrec is slow, and markov on a CPU: minutes on Beauty; cooc, the co-occurrence vectors that train.py "
                          "--item-init cooc starts from, and markov, the next-item model --item-init markov fits, "
                          "run only when named; rating always runs its three)")
     ap.add_argument("--out", help="directory for metrics.json and metrics.md (printed only when absent)")
@@ -609,7 +614,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dim", type=int, default=64, help="SASRec hidden size (and cooc's and markov's vector size)")
     ap.add_argument("--layers", type=int, default=2, help="SASRec transformer blocks")
     ap.add_argument("--dropout", type=float, default=0.5, help="SASRec dropout (0.5 suits sparse Amazon data)")
-    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where SASRec trains")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                    help="where SASRec trains and the cooc / markov vectors are computed")
     ap.add_argument("--exclude-history", action="store_true",
                     help="sequential: drop the user's history items from the full ranking (off by default)")
     ap.add_argument("--threads", type=int, default=0,

@@ -239,3 +239,26 @@ def test_sasrec_scores_do_not_depend_on_batch_padding(toy_ds):
     assert not np.allclose(padded[0], padded[1], atol=1e-3)  # the long history scores differently
     assert np.isfinite(padded).all()
 
+
+
+def test_cooc_and_markov_vectors_are_computed_on_the_baseline_device(toy_ds, monkeypatch):
+    """--device cuda puts the eigendecomposition and the Markov fit where SASRec trains (train.py's
+    --item-init does the same); --device cpu keeps cooc on ARPACK (device None)."""
+    import p5x.iteminit as I
+
+    seen = {}
+    real_cooc, real_fit = I.cooccurrence_vectors, I.fit_markov
+
+    def cooc(split, items, dim, seed=0, device=None):
+        seen["cooc"] = device
+        return real_cooc(split, items, dim, seed)
+
+    def fit(split, items, dim, seed=0, device=None, **kw):
+        seen["markov"] = device
+        return real_fit(split, items, dim, seed, epochs=2)
+
+    monkeypatch.setattr(I, "cooccurrence_vectors", cooc)
+    monkeypatch.setattr(I, "fit_markov", fit)
+    for dev, want in (("cuda", "cuda"), ("cpu", None)):
+        B.run_baselines(toy_ds, B.BaselineConfig(tasks=("sequential",), models=("cooc", "markov"), device=dev, **FAST))
+        assert seen == {"cooc": want, "markov": want}, dev
