@@ -308,18 +308,28 @@ def test_oneshot_ablation_goes_over_the_train_flags(tmp_path):
     assert "time_limit" not in train and "max_users" not in evaluate
     main = load(REPO / "bench" / "beauty" / "config.json")[0]
     assert main["whole_word_embeddings"] == "on"
-    # the one-command run is the curriculum; its p5_mixture ablation goes back to P5's mixture over one epoch
-    assert (main["epochs"], main["next_first"]) == (2, 1)
-    # atomic ids whose embeddings start from training co-occurrence; index_atomic is its random-init control
-    assert (main["index"], main["item_init"]) == ("atomic", "cooc")
+    # the one-command run trains next-item prompts alone (RESULTS session 15); the curriculum it replaced
+    # (a next-item epoch, then the sequential + direct mixture) is an ablation
+    assert (main["tasks"], main["epochs"], main["next_first"]) == ("sequential", 2, 0)
+    assert main["kind_counts"] == "sequential.next=20,sequential.candidates=0,sequential.yesno=0"
+    cur = load(REPO / "bench" / "beauty" / "config.json", "curriculum")[0]
+    assert (cur["tasks"], cur["next_first"], cur["kind_counts"]) == ("sequential,direct", 1, "sequential.next=20")
+    # atomic ids whose embeddings start from a next-item fit on the training histories; item_init_cooc
+    # is the co-occurrence start it replaced, index_atomic the random-init control
+    assert (main["index"], main["item_init"]) == ("atomic", "markov")
     ctl = load(REPO / "bench" / "beauty" / "config.json", "index_atomic")[0]
     assert (ctl["index"], ctl["item_init"]) == ("atomic", "random")
+    assert load(REPO / "bench" / "beauty" / "config.json", "item_init_cooc")[0]["item_init"] == "cooc"
+    # P5's mixture (both families, P5's counts, no curriculum) over one rendered epoch
     mix = load(REPO / "bench" / "beauty" / "config.json", "p5_mixture")[0]
-    assert (mix["epochs"], mix["next_first"], mix["kind_counts"]) == (1, 0, "")
-    assert cfg["ablations"]["p5_mixture"] == {"next_first": 0, "kind_counts": ""}  # staged: its main run
-    # next_only: the curriculum's first stage for the whole run (no mixture stage, no direct family)
-    nxt = load(REPO / "bench" / "beauty" / "config.json", "next_only")[0]
-    assert (nxt["tasks"], nxt["next_first"], nxt["item_init"]) == ("sequential", 0, "cooc")
-    assert nxt["kind_counts"] == "sequential.next=20,sequential.candidates=0,sequential.yesno=0"
+    assert (mix["tasks"], mix["epochs"], mix["next_first"], mix["kind_counts"]) == ("sequential,direct", 1, 0, "")
+    staged = cfg["train"]  # the staged recipe's main run: p5_mixture changes nothing there but the flags it names
+    assert {**staged, **cfg["ablations"]["p5_mixture"]}["tasks"] == staged["tasks"] == "sequential,direct"
+    # an ablation equal to the main run would spend a lease on the same run again: refused
+    for same in ("next_only", "item_init_markov", "sequential_only"):
+        with pytest.raises(KeyError, match="equals the main run"):
+            load(REPO / "bench" / "beauty" / "config.json", same)
+    # next_only is still a real ablation of the staged recipe (its main run trains both families)
+    assert {**staged, **cfg["ablations"]["next_only"]} != staged
     with pytest.raises(KeyError, match="no_such"):
         load(REPO / "bench" / "beauty" / "config.json", "no_such")

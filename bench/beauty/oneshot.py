@@ -96,7 +96,8 @@ def load_sections(config: Path, ablation: str | None = None) -> tuple[dict, dict
     """(train flags, evaluate flags, oneshot knobs); an ablation's one flag goes over the train flags.
 
     "oneshot.ablations" may add flags to an ablation for the one-command run only, whose epochs differ
-    from the staged recipe's (e.g. p5_mixture renders one epoch here instead of the curriculum's two).
+    from the staged recipe's (e.g. p5_mixture renders one epoch here instead of two). An ablation that
+    changes none of the main run's flags (next_only over a next-only main run) is refused.
     """
     cfg = json.loads(config.read_text(encoding="utf-8"))
     one = cfg.get("oneshot", {})
@@ -106,7 +107,10 @@ def load_sections(config: Path, ablation: str | None = None) -> tuple[dict, dict
         if ablation not in known:
             raise KeyError(f"ablation {ablation!r} (known: {', '.join(known) or 'none'})")
         abl = {**known[ablation], **one.get("ablations", {}).get(ablation, {})}
-    train = {**cfg["train"], **one.get("train", {}), **abl}
+    main = {**cfg["train"], **one.get("train", {})}
+    train = {**main, **abl}
+    if ablation and train == main:  # a lease spent on the main run again, under another name
+        raise KeyError(f"ablation {ablation!r} leaves this run's flags as they are (it equals the main run here)")
     evaluate = {**cfg["evaluate"], **one.get("evaluate", {})}
     for k in ("time_limit", "max_steps", "resume", "prepare_only"):  # this driver sets them
         train.pop(k, None)
