@@ -201,19 +201,25 @@ def item_vectors(method: str, split: Split, items: list[str], dim: int, seed: in
     raise ConfigError(f"--item-init: expected one of {', '.join(METHODS[1:])}, got {method!r}")
 
 
+def item_token_ids(tokenizer, index, what: str = "--item-init") -> list[int]:
+    """Token id of each item of an atomic index, in index order; a piece the tokenizer lacks raises."""
+    if index.method != "atomic":
+        raise ConfigError(f"{what}: needs --index atomic (one token per item), got --index {index.method}")
+    ids = tokenizer.convert_tokens_to_ids([index.codes[i][0] for i in index.codes])
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if any(t is None or t == unk for t in ids):
+        raise ConfigError(f"{what}: an item piece is not a token of the tokenizer")
+    return ids
+
+
 def init_item_embeddings(model, tokenizer, index, split: Split, seed: int = 0, device=None,
                          method: str = "cooc", progress: bool = False) -> int:
     """Overwrite the embedding row of every item token (atomic ids: one piece per item) with its
     `method` vector (cooc or markov), scaled to the table's standard deviation; returns how many
     rows changed. An untied output layer gets the same vectors in its item rows, scaled to its own
     deviation. `device`: a GPU for the eigendecomposition or the Markov fit, or None for the CPU."""
-    if index.method != "atomic":
-        raise ConfigError(f"--item-init {method}: needs --index atomic (one token per item), got --index {index.method}")
+    ids = item_token_ids(tokenizer, index, f"--item-init {method}")
     items = list(index.codes)
-    ids = tokenizer.convert_tokens_to_ids([index.codes[i][0] for i in items])
-    unk = getattr(tokenizer, "unk_token_id", None)
-    if any(t is None or t == unk for t in ids):
-        raise ConfigError(f"--item-init {method}: an item piece is not a token of the tokenizer")
     backbone = getattr(model, "backbone", model)
     table = backbone.get_input_embeddings().weight
     vec = torch.from_numpy(item_vectors(method, split, items, table.shape[1], seed, device, progress))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -56,6 +55,11 @@ class TrainConfig:
                                                    "backbone's init), cooc (top eigenvectors of the training histories' item "
                                                    "co-occurrence) or markov (rows of a factorised next-item model "
                                                    "fitted to the training histories); p5x.iteminit; both need --index atomic"})
+    item_warmup_steps: int = field(default=0, metadata={"help": "with --index atomic: scale every update of the "
+                                                        "item-token rows by step/N over the first N steps (0: "
+                                                        "off), so a --item-init start is not scrambled while the "
+                                                        "rest of the model is still random; the rest of the model "
+                                                        "trains as usual"})
     kind_counts: str = field(default="", metadata={"help": "training prompts per user and epoch of a kind, over "
                                                    "P5's counts (" + _COUNTS_HELP + "): family.kind=N,..., e.g. "
                                                    "sequential.next=15; 0 drops a kind"})
@@ -150,6 +154,16 @@ class TrainConfig:
             if self.shots:
                 raise ConfigError(f"--item-init {self.item_init}: not used with --shots (held-out users would shape "
                                   "the embeddings)")
+        if self.item_warmup_steps:
+            if self.item_warmup_steps < 0:
+                raise ConfigError("--item-warmup-steps: must be >= 0")
+            if self.index != "atomic":
+                raise ConfigError(f"--item-warmup-steps: needs --index atomic (one row per item), got {self.index}")
+            if self.deepspeed:
+                raise ConfigError("--item-warmup-steps: not with --deepspeed (its optimizer keeps its own fp32 copy "
+                                  "of the weights, which the scaled rows would not reach)")
+            if self.peft != "none":
+                raise ConfigError("--item-warmup-steps: not with --peft lora (the embedding rows are frozen there)")
         if self.merge and self.peft != "lora":
             raise ConfigError("--merge: needs --peft lora (there is no adapter to merge)")
         self.families()
@@ -518,6 +532,41 @@ def time_limit_callback(seconds: float):
     return TimeLimit()
 
 
+def item_warmup_callback(model, token_ids: list[int], steps: int):
+    """Scales each optimizer update of the item-token rows (input table and an untied output layer) by
+    min(1, (step + 1) / steps): the rows move slowly while the shared weights, random at the start,
+    learn to read them. The optimizer still sees every gradient, so its moments for those rows are
+    warm when the scale reaches 1. Depends on the global step only, so a resumed run equals one run."""
+    from transformers import TrainerCallback
+
+    backbone = getattr(model, "backbone", model)
+    tables = [backbone.get_input_embeddings().weight]
+    out = backbone.get_output_embeddings()
+    if out is not None and out.weight is not None and out.weight.data_ptr() != tables[0].data_ptr():
+        tables.append(out.weight)
+    rows = torch.tensor(sorted(set(token_ids)), dtype=torch.long)
+
+    class ItemWarmup(TrainerCallback):
+        def __init__(self):
+            self.scale, self.before = 1.0, []
+
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):
+            self.scale = min(1.0, (state.global_step + 1) / steps)
+            if self.scale < 1.0:
+                idx = rows.to(tables[0].device)
+                self.before = [w.detach()[idx].clone() for w in tables]
+
+        def on_optimizer_step(self, args, state, control, **kwargs):
+            if self.scale < 1.0:
+                idx = rows.to(tables[0].device)
+                with torch.no_grad():
+                    for w, old in zip(tables, self.before):
+                        w[idx] = old + self.scale * (w[idx] - old)
+                self.before = []
+
+    return ItemWarmup()
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU has bf16 units oneDNN uses (AVX512-BF16 or AMX); without them bf16 is emulated."""
     try:
@@ -761,9 +810,12 @@ def train(cfg: TrainConfig, make_rows=task_rows, callbacks=()) -> Path:
     trainer_cls = _make_trainer_class()
     trainer_cls.p5x_save = staticmethod(save)
     collator = TimedCollator(PaddingCollator(featurizer) if cfg.pretokenize else featurizer)
+    extra = [time_limit_callback(cfg.time_limit)] if cfg.time_limit > 0 else []
+    if cfg.item_warmup_steps:
+        from .iteminit import item_token_ids
+        extra.append(item_warmup_callback(model, item_token_ids(tokenizer, index), cfg.item_warmup_steps))
     trainer = trainer_cls(model=model, args=training_arguments(cfg), train_dataset=rows, data_collator=collator,
-                          callbacks=([time_limit_callback(cfg.time_limit)] if cfg.time_limit > 0 else [])
-                          + [make(featurizer) for make in callbacks])
+                          callbacks=extra + [make(featurizer) for make in callbacks])
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     trainer.save_model(str(out))
     if trainer.args.should_save:
