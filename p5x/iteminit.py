@@ -212,6 +212,16 @@ def item_token_ids(tokenizer, index, what: str = "--item-init") -> list[int]:
     return ids
 
 
+def item_tables(model) -> list:
+    """The weight tables that hold a row per token: the input embeddings, and an untied output layer."""
+    backbone = getattr(model, "backbone", model)
+    tables = [backbone.get_input_embeddings().weight]
+    out = backbone.get_output_embeddings()
+    if out is not None and out.weight is not None and out.weight.data_ptr() != tables[0].data_ptr():
+        tables.append(out.weight)
+    return tables
+
+
 def init_item_embeddings(model, tokenizer, index, split: Split, seed: int = 0, device=None,
                          method: str = "cooc", progress: bool = False) -> int:
     """Overwrite the embedding row of every item token (atomic ids: one piece per item) with its
@@ -220,17 +230,13 @@ def init_item_embeddings(model, tokenizer, index, split: Split, seed: int = 0, d
     deviation. `device`: a GPU for the eigendecomposition or the Markov fit, or None for the CPU."""
     ids = item_token_ids(tokenizer, index, f"--item-init {method}")
     items = list(index.codes)
-    backbone = getattr(model, "backbone", model)
-    table = backbone.get_input_embeddings().weight
+    targets = item_tables(model)
+    table = targets[0]
     vec = torch.from_numpy(item_vectors(method, split, items, table.shape[1], seed, device, progress))
     has = vec.abs().sum(1) > 0
     if not bool(has.any()):
         return 0
     rows = torch.tensor(ids)[has]
-    targets = [table]
-    out = backbone.get_output_embeddings()
-    if out is not None and out.weight is not None and out.weight.data_ptr() != table.data_ptr():
-        targets.append(out.weight)
     with torch.no_grad():
         for w in targets:
             scale = float(w.detach().float().std()) / float(vec[has].std())

@@ -57,9 +57,9 @@ class TrainConfig:
                                                    "fitted to the training histories); p5x.iteminit; both need --index atomic"})
     item_warmup_steps: int = field(default=0, metadata={"help": "with --index atomic: scale every update of the "
                                                         "item-token rows by step/N over the first N steps (0: "
-                                                        "off), so a --item-init start is not scrambled while the "
-                                                        "rest of the model is still random; the rest of the model "
-                                                        "trains as usual"})
+                                                        "off) while the rest of the model trains as usual; on "
+                                                        "Beauty it did not help a --item-init start "
+                                                        "(bench/RESULTS.md, session 16)"})
     kind_counts: str = field(default="", metadata={"help": "training prompts per user and epoch of a kind, over "
                                                    "P5's counts (" + _COUNTS_HELP + "): family.kind=N,..., e.g. "
                                                    "sequential.next=15; 0 drops a kind"})
@@ -539,11 +539,9 @@ def item_warmup_callback(model, token_ids: list[int], steps: int):
     warm when the scale reaches 1. Depends on the global step only, so a resumed run equals one run."""
     from transformers import TrainerCallback
 
-    backbone = getattr(model, "backbone", model)
-    tables = [backbone.get_input_embeddings().weight]
-    out = backbone.get_output_embeddings()
-    if out is not None and out.weight is not None and out.weight.data_ptr() != tables[0].data_ptr():
-        tables.append(out.weight)
+    from .iteminit import item_tables
+
+    tables = item_tables(model)
     rows = torch.tensor(sorted(set(token_ids)), dtype=torch.long)
 
     class ItemWarmup(TrainerCallback):
@@ -553,15 +551,14 @@ def item_warmup_callback(model, token_ids: list[int], steps: int):
         def on_pre_optimizer_step(self, args, state, control, **kwargs):
             self.scale = min(1.0, (state.global_step + 1) / steps)
             if self.scale < 1.0:
-                idx = rows.to(tables[0].device)
-                self.before = [w.detach()[idx].clone() for w in tables]
+                self.idx = rows.to(tables[0].device)  # the model is on its device once training runs
+                self.before = [w.detach()[self.idx].clone() for w in tables]
 
         def on_optimizer_step(self, args, state, control, **kwargs):
             if self.scale < 1.0:
-                idx = rows.to(tables[0].device)
                 with torch.no_grad():
                     for w, old in zip(tables, self.before):
-                        w[idx] = old + self.scale * (w[idx] - old)
+                        w[self.idx] = old + self.scale * (w[self.idx] - old)
                 self.before = []
 
     return ItemWarmup()
