@@ -101,8 +101,11 @@ def load_pretrained_tokenizer(spec: BackboneSpec):
     return tok
 
 
-def build_backbone(spec: BackboneSpec, tokenizer):
-    """A stock HF model for `spec` whose vocabulary covers len(tokenizer)."""
+def build_backbone(spec: BackboneSpec, tokenizer, dropout: float | None = None):
+    """A stock HF model for `spec` whose vocabulary covers len(tokenizer).
+
+    `dropout` (None: the spec's or checkpoint's own) sets T5's dropout_rate (every dropout layer)
+    or LLaMA's attention_dropout; it is written into the config, so a saved checkpoint records it."""
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, LlamaConfig, LlamaForCausalLM, \
         T5Config, T5ForConditionalGeneration
 
@@ -110,9 +113,11 @@ def build_backbone(spec: BackboneSpec, tokenizer):
         common = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
                   "eos_token_id": tokenizer.eos_token_id}
         if spec.kind == "t5":
-            cfg = T5Config(**spec.config, **common, decoder_start_token_id=tokenizer.pad_token_id)
+            extra = {} if dropout is None else {"dropout_rate": dropout}
+            cfg = T5Config(**{**spec.config, **extra}, **common, decoder_start_token_id=tokenizer.pad_token_id)
             return T5ForConditionalGeneration(cfg)
-        return LlamaForCausalLM(LlamaConfig(**spec.config, **common, bos_token_id=None))
+        extra = {} if dropout is None else {"attention_dropout": dropout}
+        return LlamaForCausalLM(LlamaConfig(**{**spec.config, **extra}, **common, bos_token_id=None))
     if spec.pretrained == "smollm2":
         folder, gguf = smollm2_files()
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
@@ -122,7 +127,24 @@ def build_backbone(spec: BackboneSpec, tokenizer):
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))  # the id pieces were added to the tokenizer
     model.config.pad_token_id = tokenizer.pad_token_id
+    if dropout is not None:
+        set_dropout(model, dropout)
     return model
+
+
+def set_dropout(model, p: float) -> None:
+    """Dropout of a built backbone: T5's nn.Dropout layers and dropout_rate, LLaMA's attention
+    dropout (read at each forward from its attention modules)."""
+    if model.config.is_encoder_decoder:
+        model.config.dropout_rate = p
+        for m in model.modules():
+            if isinstance(m, nn.Dropout):
+                m.p = p
+    else:
+        model.config.attention_dropout = p
+        for m in model.modules():
+            if hasattr(m, "attention_dropout"):
+                m.attention_dropout = p
 
 
 def apply_lora(backbone, rank: int = 8, alpha: int = 16, dropout: float = 0.05, target_modules=None):

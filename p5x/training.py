@@ -60,6 +60,9 @@ class TrainConfig:
                                                         "off) while the rest of the model trains as usual; on "
                                                         "Beauty it did not help a --item-init start "
                                                         "(bench/RESULTS.md, session 16)"})
+    dropout: float = field(default=-1.0, metadata={"help": "dropout probability of the backbone (T5: every dropout "
+                                                  "layer; LLaMA: attention dropout); -1 keeps the backbone's own "
+                                                  "(0.1 for the T5 shapes, 0 for LLaMA)"})
     kind_counts: str = field(default="", metadata={"help": "training prompts per user and epoch of a kind, over "
                                                    "P5's counts (" + _COUNTS_HELP + "): family.kind=N,..., e.g. "
                                                    "sequential.next=15; 0 drops a kind"})
@@ -164,6 +167,8 @@ class TrainConfig:
                                   "of the weights, which the scaled rows would not reach)")
             if self.peft != "none":
                 raise ConfigError("--item-warmup-steps: not with --peft lora (the embedding rows are frozen there)")
+        if self.dropout != -1.0 and not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"--dropout: expected a probability in [0, 1) or -1 (the backbone's own), got {self.dropout}")
         if self.merge and self.peft != "lora":
             raise ConfigError("--merge: needs --peft lora (there is no adapter to merge)")
         self.families()
@@ -311,7 +316,7 @@ def build_model(cfg: TrainConfig, spec, tokenizer):
     from .modeling import P5XModel, apply_lora, build_backbone
 
     torch.manual_seed(cfg.seed)
-    backbone = build_backbone(spec, tokenizer)
+    backbone = build_backbone(spec, tokenizer, dropout=None if cfg.dropout == -1.0 else cfg.dropout)
     if cfg.peft == "lora":
         backbone = apply_lora(backbone, **lora_kwargs(cfg))
     return P5XModel(backbone, whole_word=cfg.whole_word_embeddings == "on", max_words=cfg.max_words,

@@ -201,3 +201,37 @@ def test_smollm2_export_gives_the_same_model(tmp_path):
         with torch.no_grad():
             logits.append(m(**t(["The capital of France is"], return_tensors="pt")).logits)
     assert torch.allclose(logits[0], logits[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["t5-tiny", "llama-tiny"])
+def test_dropout_sets_the_backbone_and_changes_training_outputs(tok, name):
+    """build_backbone(dropout=p) writes p into the config and the layers: p=0 gives the same
+    training-mode outputs twice; a large p makes two training-mode passes differ; eval ignores it."""
+    f = Featurizer(tok, resolve_backbone(name).decoder_only, True)
+    batch = _batch(f)
+    models = {}
+    for p in (0.0, 0.5):
+        torch.manual_seed(0)
+        bb = build_backbone(resolve_backbone(name), tok, dropout=p)
+        key = "dropout_rate" if name.startswith("t5") else "attention_dropout"
+        assert getattr(bb.config, key) == p
+        models[p] = P5XModel(bb, max_words=32).train()
+    same = [models[0.0](**batch).logits for _ in range(2)]
+    assert torch.equal(same[0], same[1])
+    noisy = [models[0.5](**batch).logits for _ in range(2)]
+    assert not torch.allclose(noisy[0], noisy[1])
+    models[0.5].eval()
+    assert torch.equal(models[0.5](**batch).logits, models[0.5](**batch).logits)
+
+
+def test_set_dropout_reaches_a_built_model(tok):
+    from p5x.modeling import set_dropout
+
+    bb = build_backbone(resolve_backbone("t5-tiny"), tok)
+    set_dropout(bb, 0.25)
+    drops = [m.p for m in bb.modules() if isinstance(m, torch.nn.Dropout)]
+    assert drops and set(drops) == {0.25} and bb.config.dropout_rate == 0.25
+    ll = build_backbone(resolve_backbone("llama-tiny"), tok)
+    set_dropout(ll, 0.25)
+    assert ll.config.attention_dropout == 0.25
+    assert {m.attention_dropout for m in ll.modules() if hasattr(m, "attention_dropout")} == {0.25}

@@ -213,3 +213,19 @@ def test_tokenizer_corpus_keeps_row_order(toy_ds):
     assert list(tokenizer_corpus(rows.to_list())) == want
     items = list(tokenizer_corpus(rows, toy_ds))[len(want):]
     assert items and all(isinstance(t, str) and t for t in items)
+
+
+def test_dropout_flag_reaches_the_saved_model(toy_dir, tmp_path):
+    """--dropout 0 trains a T5 without dropout and the checkpoint records it; bad values are refused."""
+    cfg = parse_args(["--data", str(toy_dir), "--output", str(tmp_path / "d0"), "--dropout", "0",
+                      "--max-steps", "2", "--batch-size", "8", "--use-cpu", "--vocab-size", "200",
+                      "--max-source-len", "64", "--max-target-len", "16"])
+    assert cfg.dropout == 0.0
+    out = train(cfg, make_rows=make_rows)
+    ck = load_checkpoint(out)
+    assert ck.model.backbone.config.dropout_rate == 0.0
+    assert json.loads((out / "p5x_config.json").read_text())["train_config"]["dropout"] == 0.0
+    assert _cfg(toy_dir, tmp_path).validate().dropout == -1.0  # default: the backbone's own (0.1)
+    for bad in (1.0, -0.5, 2.0):
+        with pytest.raises(ConfigError, match="--dropout"):
+            _cfg(toy_dir, tmp_path, dropout=bad).validate()
