@@ -62,7 +62,9 @@ class TrainConfig:
                                                         "(bench/RESULTS.md, session 16)"})
     dropout: float = field(default=-1.0, metadata={"help": "dropout probability of the backbone (T5: every dropout "
                                                   "layer; LLaMA: attention dropout); -1 keeps the backbone's own "
-                                                  "(0.1 for the T5 shapes, 0 for LLaMA)"})
+                                                  "(0.1 for the T5 shapes, 0 for LLaMA); on Beauty with "
+                                                  "t5-tiny, 0 lost the unseen prompt and 0.3 underfit "
+                                                  "(bench/RESULTS.md, session 18)"})
     kind_counts: str = field(default="", metadata={"help": "training prompts per user and epoch of a kind, over "
                                                    "P5's counts (" + _COUNTS_HELP + "): family.kind=N,..., e.g. "
                                                    "sequential.next=15; 0 drops a kind"})
