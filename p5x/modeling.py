@@ -53,6 +53,7 @@ def register(spec: BackboneSpec) -> None:
 
 
 register(BackboneSpec("t5-tiny", "t5", _t5(64, 2, 4, 128)))
+register(BackboneSpec("t5-mini", "t5", _t5(128, 2, 4, 256)))       # t5-tiny at twice the width (CPU width study)
 register(BackboneSpec("t5-small", "t5", _t5(512, 6, 8, 2048)))     # P5-S
 register(BackboneSpec("t5-base", "t5", _t5(768, 12, 12, 3072)))    # P5-B
 register(BackboneSpec("llama-tiny", "llama", {

@@ -42,6 +42,17 @@ def test_unknown_backbone_lists_close_matches():
         resolve_backbone("t5-smal")
 
 
+@pytest.mark.parametrize("name,width,layers", [("t5-tiny", 64, 2), ("t5-mini", 128, 2)])
+def test_small_t5_shapes_build_and_train_a_step(tok, name, width, layers):
+    m = _model(name, tok)
+    cfg = m.backbone.config
+    assert (cfg.d_model, cfg.num_layers, cfg.num_decoder_layers) == (width, layers, layers)
+    assert m.backbone.get_input_embeddings().weight.shape == (len(tok), width)
+    loss = m.train()(**_batch(Featurizer(tok, decoder_only=False))).loss
+    loss.backward()
+    assert torch.isfinite(loss) and m.backbone.get_input_embeddings().weight.grad.abs().sum() > 0
+
+
 def test_decoder_only_features_mask_prompt(tok):
     f = Featurizer(tok, decoder_only=True)
     b = f(ROWS)
