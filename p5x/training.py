@@ -22,6 +22,7 @@ import torch
 
 from .errors import ConfigError, P5XError
 from .indexing import METHODS
+from .modeling import BACKBONES
 from .tasks import EXTRA_FAMILIES, FAMILIES, TRAIN_COUNTS, parse_kind_counts
 
 _COUNTS_HELP = "; ".join(f"{f}: " + ", ".join(f"{k} {n}" for k, n in c.items()) for f, c in TRAIN_COUNTS.items())
@@ -41,7 +42,7 @@ class TrainConfig:
 
     data: str = field(default_factory=lambda: str(default_data()), metadata={"help": "normalized dataset directory"})
     tasks: str = field(default="all", metadata={"help": "'all' or a comma list of " + ", ".join(FAMILIES + EXTRA_FAMILIES)})
-    model: str = field(default="t5-tiny", metadata={"help": "backbone name (t5-tiny, t5-mini, t5-small, t5-base, llama-tiny, smollm2-135m) or a local HF checkpoint dir"})
+    model: str = field(default="t5-tiny", metadata={"help": "backbone name (" + ", ".join(BACKBONES) + ") or a local HF checkpoint dir"})
     output: str = field(default="runs/default", metadata={"help": "output / checkpoint directory"})
     epochs: int = field(default=1, metadata={"help": "epochs (each renders fresh training prompts)"})
     batch_size: int = field(default=32, metadata={"help": "per-device batch size"})
