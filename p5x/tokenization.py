@@ -72,15 +72,19 @@ def load_sentencepiece(model_dir: str | Path, pieces: Sequence[str] = ()):
 
 
 def add_pieces(tokenizer, pieces: Sequence[str]) -> int:
-    """Register id pieces as atomic, non-normalized added tokens; returns how many were new.
+    """Register id pieces as atomic, non-normalized added tokens; returns how many were registered.
 
     A caller holding a pretrained model must resize its embeddings to len(tokenizer) afterwards.
     """
     from transformers import AddedToken
 
-    vocab = tokenizer.get_vocab()
+    # Compare with the added vocabulary, not the whole one: a piece SentencePiece already holds as a
+    # user-defined symbol must still become an added token, or the pre-tokenizer puts a '▁' before it
+    # and `<i0_3>` alone encodes as two tokens. transformers up to 5.24 registered such symbols as
+    # added tokens on load; 5.25 no longer does. Re-adding one keeps its id (nothing to resize).
+    added = tokenizer.get_added_vocab()
     new = [AddedToken(p, normalized=False, special=False, single_word=False, lstrip=False, rstrip=False)
-           for p in dict.fromkeys(pieces) if p not in vocab]
+           for p in dict.fromkeys(pieces) if p not in added]
     bad = [p for p in pieces if not PIECE_RE.fullmatch(p)]
     if bad:
         raise ConfigError(f"not an id piece: {bad[0]!r} (expected the form <i0_3> or <u1_7>)")

@@ -101,3 +101,18 @@ def test_more_id_pieces_than_text_vocabulary(tmp_path):
     assert [t for t in tok.convert_ids_to_tokens(ids) if t.startswith("<i0_")] == ["<i0_299>", "<i0_7>"]
     # the text part keeps its own budget (an upper bound on this small corpus)
     assert len(tok) - len(pieces) <= 120
+
+
+def test_pieces_stay_atomic_through_save_and_autotokenizer(spm_tok, tmp_path):
+    # checkpoints and --resume reload the tokenizer with AutoTokenizer; the pieces SentencePiece holds
+    # as user-defined symbols must come back as added tokens with the same ids (transformers 5.25
+    # stopped registering such symbols itself, and a lone piece then encoded as '▁' + piece)
+    from transformers import AutoTokenizer
+
+    spm_tok.save_pretrained(tmp_path)
+    tok = AutoTokenizer.from_pretrained(str(tmp_path))
+    check_pieces_atomic(tok, PIECES)
+    assert {p: tok.convert_tokens_to_ids(p) for p in PIECES} == {p: spm_tok.convert_tokens_to_ids(p) for p in PIECES}
+    assert set(PIECES) <= set(tok.get_added_vocab())
+    text = "user <u0_1> bought <i0_3><i1_7>"
+    assert tok(text)["input_ids"] == spm_tok(text)["input_ids"]
