@@ -7,8 +7,11 @@ ending in eos). `ItemTrie` stores the trie of those sequences as flat tensors:
     edge_child[e] = child node reached by that edge
     child_ptr[v]  = start of node v's edges in the sorted arrays (CSR: v's edges are ptr[v]:ptr[v+1])
 
-so that one step for all rows at once is a `searchsorted` (advance) or a scatter into a
-[rows, vocab] mask (allowed_mask): no Python loop over batch x beams.
+so that one step for all rows at once is a `searchsorted` (advance) and either a sparse list of
+allowed (row, token) pairs (allowed_pairs: few children per row, deep in a multi-token id) or a
+dense [rows, vocab] mask built once per distinct state and gathered to the rows (allowed_mask: many
+children, e.g. the root of a one-token catalogue, where every beam may take any of 12k items): no
+Python loop over batch x beams either way. TrieLogitsProcessor picks between the two per step.
 
 States are node ids. Node 0 is the root. The node reached after an item's eos is a leaf: a row
 there has finished a real item and may only produce pad afterwards (eos when there is no pad id).
@@ -30,6 +33,11 @@ from transformers import LogitsProcessor
 DEAD = -1
 # above this many rows the [rows, rows] prefix-matching cache costs more than re-walking the prefix
 _MATCH_MAX_ROWS = 4096
+# a step builds a dense [rows, vocab] mask (one row per distinct state, gathered) rather than a list
+# of (row, token) pairs once the pairs fill more than 1/_DENSE_RATIO of that matrix: measured on CPU,
+# a pair costs ~20x a mask cell, and at the root of a one-token catalogue the pair list is
+# beams x items long (bench/RESULTS.md, "Constrained decoding at the root")
+_DENSE_RATIO = 16
 
 
 class ItemTrie:
@@ -121,6 +129,13 @@ class ItemTrie:
             states = self.advance(states, prefixes[:, j])
         return states
 
+    def pair_count(self, states: torch.Tensor) -> int:
+        """How many (row, token) pairs `allowed_pairs(states)` returns, without building them."""
+        states = states.to(self.device)
+        s = states.clamp(min=0)
+        counts = torch.where(states >= 0, self.child_ptr[s + 1] - self.child_ptr[s], torch.zeros_like(s))
+        return int(counts.sum()) + states.shape[0]
+
     def allowed_pairs(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(rows, tokens): every allowed (row, next token) pair, vectorised over rows (sparse form
         of allowed_mask: a step touches only these entries, not a dense [n, vocab] mask)."""
@@ -148,11 +163,17 @@ class ItemTrie:
         return torch.cat([rows, extra_rows]), torch.cat([toks, extra_toks])
 
     def allowed_mask(self, states: torch.Tensor) -> torch.Tensor:
-        """Bool [n, vocab]: which tokens each row may emit next, vectorised over rows."""
-        rows, toks = self.allowed_pairs(states)
-        mask = torch.zeros(states.shape[0], self.vocab_size, dtype=torch.bool, device=self.device)
+        """Bool [n, vocab]: which tokens each row may emit next, vectorised over rows.
+
+        Rows in the same state share one mask row: the pairs are built for the distinct states only
+        and gathered back, so a step where every beam sits at the root (the first token of every
+        item) costs one catalogue-wide row, not one per beam."""
+        states = states.to(self.device)
+        uniq, inv = torch.unique(states, return_inverse=True)
+        rows, toks = self.allowed_pairs(uniq)
+        mask = torch.zeros(uniq.shape[0], self.vocab_size, dtype=torch.bool, device=self.device)
         mask[rows, toks] = True
-        return mask
+        return mask[inv]
 
 
 class TrieLogitsProcessor(LogitsProcessor):
@@ -213,11 +234,22 @@ class TrieLogitsProcessor(LogitsProcessor):
         return states
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        rows, toks = self.trie.allowed_pairs(self.states_for(input_ids))
-        if self.trie.vocab_size > scores.shape[1]:
-            keep = toks < scores.shape[1]
+        states = self.states_for(input_ids)
+        width = scores.shape[1]
+        if self.trie.pair_count(states) * _DENSE_RATIO > states.shape[0] * self.trie.vocab_size:
+            # many allowed tokens per row (the root of a catalogue of one-token ids: every beam may
+            # take any of the 12k items): one mask row per distinct state, gathered to the rows
+            mask = self.trie.allowed_mask(states)
+            if mask.shape[1] > width:  # the trie counts tokens the output layer does not have
+                mask = mask[:, :width]
+            elif mask.shape[1] < width:  # output rows past the trie's vocabulary are never items
+                mask = torch.nn.functional.pad(mask, (0, width - mask.shape[1]), value=False)
+            return scores.masked_fill(~mask, float("-inf"))
+        # few allowed tokens per row: one dense fill plus a sparse copy of the allowed entries
+        rows, toks = self.trie.allowed_pairs(states)
+        if self.trie.vocab_size > width:
+            keep = toks < width
             rows, toks = rows[keep], toks[keep]
-        # one dense fill plus a sparse copy: cheaper than building, inverting and applying a mask
         out = torch.full_like(scores, float("-inf"))
         out[rows, toks] = scores[rows, toks]
         return out

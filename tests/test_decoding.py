@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
 
+from p5x import decoding
 from p5x.decoding import DEAD, ItemTrie, TrieLogitsProcessor, make_prefix_allowed_tokens_fn, parse_items
 
 PAD, EOS, BOS, VOCAB = 0, 1, 2, 50
@@ -86,8 +87,12 @@ def test_bad_sequences_rejected():
         ItemTrie([[3, 99, EOS]], eos_id=EOS, vocab_size=VOCAB)
 
 
-def test_processor_matches_prefix_fn_on_random_prefixes(trie):
-    # random prefixes: mostly valid walks, some garbage, in a shuffled order across calls
+@pytest.mark.parametrize("path", ["auto", "dense", "sparse"])
+def test_processor_matches_prefix_fn_on_random_prefixes(trie, path, monkeypatch):
+    # random prefixes: mostly valid walks, some garbage, in a shuffled order across calls; each
+    # masking path (a dense mask per distinct state, or the list of allowed pairs) forced in turn
+    if path != "auto":
+        monkeypatch.setattr(decoding, "_DENSE_RATIO", 10**9 if path == "dense" else 0)
     rng = random.Random(1)
     fn = make_prefix_allowed_tokens_fn(trie, prompt_len=0, decoder_start=True)
     proc = TrieLogitsProcessor(trie, prompt_len=0, decoder_start=True)
@@ -107,6 +112,29 @@ def test_processor_matches_prefix_fn_on_random_prefixes(trie):
         rng.shuffle(new)
         new[0] = list(new[1])  # duplicated beams happen too
         rows = new
+
+
+@pytest.mark.parametrize("width", [VOCAB - 5, VOCAB, VOCAB + 7])
+@pytest.mark.parametrize("path", ["dense", "sparse"])
+def test_processor_one_token_catalogue_and_output_width(path, width, monkeypatch):
+    # one-token ids (the atomic index): at the root every beam may take any item, the case the dense
+    # path is for; the output layer may be narrower than the trie's vocabulary (tokenizer padding
+    # counted) or wider (rows no item uses): both paths keep exactly the allowed, existing tokens
+    monkeypatch.setattr(decoding, "_DENSE_RATIO", 10**9 if path == "dense" else 0)
+    items = [[t, EOS] for t in range(10, VOCAB)]
+    one = ItemTrie(items, eos_id=EOS, vocab_size=VOCAB, pad_id=PAD)
+    proc = TrieLogitsProcessor(one, prompt_len=0, decoder_start=True)
+    scores = torch.randn(6, width)
+    out = proc(torch.full((6, 1), PAD), scores)
+    allowed = [t for t in range(10, VOCAB) if t < width]
+    assert out.shape == scores.shape
+    for r in range(6):
+        assert torch.isfinite(out[r]).nonzero().flatten().tolist() == allowed
+        assert torch.equal(out[r, allowed], scores[r, allowed])
+    # next step: each row has taken a different item, so only eos is left
+    ids = torch.tensor([[PAD, 10 + r] for r in range(6)])
+    out = proc(ids, torch.randn(6, width))
+    assert all(torch.isfinite(out[r]).nonzero().flatten().tolist() == [EOS] for r in range(6))
 
 
 def _rig(lm_head_in: int, bad_tokens, model):
