@@ -6,6 +6,8 @@ work on rendered prompt strings, in batches, on whatever device the model sits o
 - `generate_text`: greedy (or beam) decoding of free text (ratings, explanations, summaries).
 - `rank_items`: beam search constrained by the item trie (p5x.decoding), so every returned
   sequence is a real catalogue id; beams come back best first and are mapped to raw item ids.
+  One-token ids on an encoder-decoder take `one_token_beams`: the same beams from two decoder
+  calls, without HF's per-step beam bookkeeping.
 - `yes_probability`: P("yes") against P("no") from the first answer step's logits, with the answer
   tokens looked up from the tokenizer at run time.
 - `target_logprob`: the summed log-probability of a given target text (eos included) after its
@@ -65,20 +67,28 @@ def generate_text(ckpt, prompts: Sequence[str], max_new_tokens: int = 64, batch_
 
 @torch.no_grad()
 def rank_items(ckpt, prompts: Sequence[str], trie: ItemTrie, beams: int = 20, batch_size: int = 16,
-               desc: str | None = None, progress: bool = True) -> tuple[list[list[str]], int]:
-    """Top-`beams` raw item ids per prompt (best first) and the count of outputs that were not items."""
+               desc: str | None = None, progress: bool = True, fast: bool = True) -> tuple[list[list[str]], int]:
+    """Top-`beams` raw item ids per prompt (best first) and the count of outputs that were not items.
+
+    An encoder-decoder model over one-token ids (`--index atomic`: every item is one token + eos)
+    skips HF's beam search for `one_token_beams`, which returns the same beams; `fast=False` forces
+    HF's `generate` (the reference the tests compare against)."""
     ckpt.model.eval()
     beams = min(beams, trie.num_items)
     ranked: list[list[str]] = []
     invalid = 0
-    max_len = max(len(s) for s in trie.sequences())
+    one_token = trie.max_len == 2 and not ckpt.model.decoder_only and fast
     for s, e in _batches(len(prompts), batch_size, desc, progress):
         batch = _encode(ckpt, prompts[s:e])
-        # decoder-only models generating from inputs_embeds see only the new tokens
-        proc = TrieLogitsProcessor(trie, prompt_len=0, decoder_start=not ckpt.model.decoder_only)
-        ids = ckpt.model.generate(**batch, max_new_tokens=max_len, num_beams=beams,
-                                  num_return_sequences=beams, do_sample=False, early_stopping=True,
-                                  logits_processor=[proc], pad_token_id=ckpt.tokenizer.pad_token_id)
+        if one_token:
+            embeds = ckpt.model.embed(batch["input_ids"], batch.get("whole_word_ids"))
+            ids = one_token_beams(ckpt.model.backbone, embeds, batch["attention_mask"], trie, beams)
+        else:
+            # decoder-only models generating from inputs_embeds see only the new tokens
+            proc = TrieLogitsProcessor(trie, prompt_len=0, decoder_start=not ckpt.model.decoder_only)
+            ids = ckpt.model.generate(**batch, max_new_tokens=trie.max_len, num_beams=beams,
+                                      num_return_sequences=beams, do_sample=False, early_stopping=True,
+                                      logits_processor=[proc], pad_token_id=ckpt.tokenizer.pad_token_id)
         texts = ckpt.tokenizer.batch_decode(ids, skip_special_tokens=True)
         for r in range(e - s):
             row, seen = [], set()
@@ -91,6 +101,41 @@ def rank_items(ckpt, prompts: Sequence[str], trie: ItemTrie, beams: int = 20, ba
                     row.append(item)
             ranked.append(row)
     return ranked, invalid
+
+
+@torch.no_grad()
+def one_token_beams(backbone, embeds: torch.Tensor, mask: torch.Tensor, trie: ItemTrie, beams: int) -> torch.Tensor:
+    """What constrained beam search returns for an encoder-decoder model when every item is a single
+    token followed by eos, in two decoder calls and without HF's beam bookkeeping.
+
+    Beam search's first step keeps the `beams` best allowed tokens by log-probability (every beam
+    starts identical, so this is a top-k over one row per prompt rather than over `beams` copies of
+    it); its second step can only add eos to each, and all beams end at the same length, so the final
+    order is by log P(item) + log P(eos | item), the score HF ranks finished beams by. Returns
+    [n * beams, 3] token ids (decoder start, item, eos), each prompt's beams best first, as `generate`
+    would lay them out. `backbone` is the HF encoder-decoder, `embeds` the prompt's input embeddings
+    (whole-word ids already added), `mask` its attention mask."""
+    enc = backbone.get_encoder()(inputs_embeds=embeds, attention_mask=mask)
+    n, dev = mask.shape[0], mask.device
+    start = torch.full((n, 1), backbone.config.decoder_start_token_id, dtype=torch.long, device=dev)
+    logits = backbone(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=start).logits[:, -1].float()
+    if trie.device != logits.device:
+        trie.to(logits.device)
+    allowed = trie.allowed_mask(trie.root_states(1))[:, :logits.shape[1]]
+    if allowed.shape[1] < logits.shape[1]:
+        allowed = torch.nn.functional.pad(allowed, (0, logits.shape[1] - allowed.shape[1]), value=False)
+    first = torch.log_softmax(logits, -1).masked_fill(~allowed, float("-inf"))
+    top, items = first.topk(beams, dim=-1)  # [n, beams]
+    # second step for every kept beam: the decoder re-reads (start, item), two positions
+    hidden = enc.last_hidden_state.repeat_interleave(beams, 0)
+    dec = torch.cat([start.repeat_interleave(beams, 0), items.reshape(-1, 1)], 1)
+    logits2 = backbone(encoder_outputs=(hidden,), attention_mask=mask.repeat_interleave(beams, 0),
+                       decoder_input_ids=dec).logits[:, -1].float()
+    total = top + torch.log_softmax(logits2, -1)[:, trie.eos_id].view(n, beams)
+    order = total.argsort(dim=-1, descending=True, stable=True)
+    items = items.gather(1, order).reshape(-1, 1)
+    eos = torch.full_like(items, trie.eos_id)
+    return torch.cat([start.repeat_interleave(beams, 0), items, eos], 1)
 
 
 @torch.no_grad()

@@ -117,14 +117,17 @@ def test_render_bench_cli(toy_dir):
     assert bad.returncode == 2 and bad.stderr.startswith("error:")
 
 
-def test_decode_bench_cli(tmp_path):
+@pytest.mark.parametrize("item_len", [4, 1])
+def test_decode_bench_cli(tmp_path, item_len):
     js = tmp_path / "d.json"
-    r = _run(["bench/decode_bench.py", "--items", "50", "--users", "2", "--batch", "2", "--beams", "3",
-              "--vocab", "120", "--item-vocab", "40", "--d-model", "32", "--layers", "1", "--repeats", "1",
-              "--src-len", "8", "--json", str(js)])
+    items = "50" if item_len > 1 else "30"  # one-token ids: at most item-vocab - 2 distinct items
+    r = _run(["bench/decode_bench.py", "--items", items, "--item-len", str(item_len), "--users", "2",
+              "--batch", "2", "--beams", "3", "--vocab", "120", "--item-vocab", "40", "--d-model", "32",
+              "--layers", "1", "--repeats", "1", "--src-len", "8", "--json", str(js)])
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(js.read_text())
     assert res["identical"] and res["valid_rate"]["trie"] == 1.0
+    assert ("one_token" in res["ms_per_user"]) == (item_len == 1)
 
 
 def test_beauty_recipe_scripts_parse():

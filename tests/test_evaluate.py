@@ -52,6 +52,39 @@ def test_ranked_items_are_real_and_unique(ckpt_dir, toy_ds):
         assert row and len(row) == len(set(row)) and all(i in toy_ds.items for i in row)
 
 
+@pytest.fixture(scope="module")
+def atomic_ckpt_dir(toy_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval_atomic") / "ckpt"
+    cfg = TrainConfig(data=str(toy_dir), output=str(out), epochs=1, batch_size=16, max_steps=6,
+                      save_steps=100, logging_steps=2, use_cpu=True, vocab_size=300, lr=3e-3,
+                      max_source_len=256, max_target_len=24, index="atomic", tasks="sequential")
+    return train(cfg)
+
+
+def test_one_token_fast_path_returns_what_beam_search_returns(atomic_ckpt_dir, toy_ds, monkeypatch):
+    # one-token ids on T5 skip HF's generate; the lists must be exactly beam search's, in its order,
+    # over a batch whose prompts differ in length (padding) and with whole-word ids in the input
+    from p5x import inference
+
+    ck = load_checkpoint(atomic_ckpt_dir, data=toy_ds)
+    trie = build_item_trie(ck)
+    assert trie.max_len == 2 and not ck.model.decoder_only
+    users = sorted(ck.user_index.codes)[:5]
+    prompts = [f"what will user {ck.user_index.text(u)} buy next ?" for u in users]
+    prompts += [f"user {ck.user_index.text(users[0])} bought {ck.index.text(i)} , what next ?"
+                for i in sorted(toy_ds.items)[:3]]
+    calls = []
+    real = inference.one_token_beams
+    monkeypatch.setattr(inference, "one_token_beams", lambda *a: calls.append(1) or real(*a))
+    fast, bad_fast = rank_items(ck, prompts, trie, beams=8, batch_size=3, progress=False)
+    assert calls, "the fast path was not taken"
+    slow, bad_slow = rank_items(ck, prompts, trie, beams=8, batch_size=3, progress=False, fast=False)
+    assert len(calls) == 3  # the reference run went through generate
+    assert bad_fast == bad_slow == 0
+    assert fast == slow
+    assert all(len(r) == 8 for r in fast)
+
+
 def test_evaluate_cli_writes_table_with_baselines(ckpt_dir, toy_ds, tmp_path, capsys):
     out = tmp_path / "eval"
     rc = evaluate_main(["--checkpoint", str(ckpt_dir), "--max-users", "4", "--beams", "5",
