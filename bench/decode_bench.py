@@ -57,17 +57,15 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def timed_generate(model, batches, device, beams, max_new, **kw):
-    """Generate every batch; returns (concatenated sequences, total seconds)."""
+def timed(decode, batches, device, max_new):
+    """Run `decode(ids)` on every batch; returns (concatenated sequences, total seconds)."""
     outs, total = [], 0.0
     for ids in batches:
         ids = ids.to(device)
         _sync(device)
         t0 = time.perf_counter()
         with torch.no_grad():
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), num_beams=beams,
-                                 num_return_sequences=beams, max_new_tokens=max_new, do_sample=False,
-                                 early_stopping=True, **kw)
+            out = decode(ids)
         _sync(device)
         total += time.perf_counter() - t0
         # pad to a common width so batches can be compared as one tensor
@@ -75,20 +73,17 @@ def timed_generate(model, batches, device, beams, max_new, **kw):
     return torch.cat(outs), total
 
 
+def timed_generate(model, batches, device, beams, max_new, **kw):
+    """HF beam search (with whatever constraint `kw` adds) on every batch."""
+    return timed(lambda ids: model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), num_beams=beams,
+                                            num_return_sequences=beams, max_new_tokens=max_new, do_sample=False,
+                                            early_stopping=True, **kw), batches, device, max_new)
+
+
 def timed_one_token(model, batches, device, beams, max_new, trie):
     """`one_token_beams` on every batch, laid out like `timed_generate`'s output."""
-    outs, total = [], 0.0
-    for ids in batches:
-        ids = ids.to(device)
-        _sync(device)
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            out = one_token_beams(model, model.get_input_embeddings()(ids), torch.ones_like(ids), trie, beams)
-        _sync(device)
-        total += time.perf_counter() - t0
-        outs.append(torch.nn.functional.pad(out, (0, max_new + 1 - out.shape[1]), value=PAD).cpu())
-    return torch.cat(outs), total
-
+    return timed(lambda ids: one_token_beams(model, model.get_input_embeddings()(ids), torch.ones_like(ids), trie,
+                                             beams), batches, device, max_new)
 
 
 def main(argv=None) -> int:

@@ -176,6 +176,17 @@ class ItemTrie:
         return mask[inv]
 
 
+def fit_width(mask: torch.Tensor, width: int) -> torch.Tensor:
+    """An [n, trie vocab] mask cut or padded (with False) to the model's `width` output rows: the trie
+    may count tokens the output layer does not have, and output rows past the trie's vocabulary are
+    never items."""
+    if mask.shape[1] > width:
+        return mask[:, :width]
+    if mask.shape[1] < width:
+        return torch.nn.functional.pad(mask, (0, width - mask.shape[1]), value=False)
+    return mask
+
+
 class TrieLogitsProcessor(LogitsProcessor):
     """Sets every token the trie forbids to -inf, for all rows of a generate step at once.
 
@@ -239,12 +250,7 @@ class TrieLogitsProcessor(LogitsProcessor):
         if self.trie.pair_count(states) * _DENSE_RATIO > states.shape[0] * self.trie.vocab_size:
             # many allowed tokens per row (the root of a catalogue of one-token ids: every beam may
             # take any of the 12k items): one mask row per distinct state, gathered to the rows
-            mask = self.trie.allowed_mask(states)
-            if mask.shape[1] > width:  # the trie counts tokens the output layer does not have
-                mask = mask[:, :width]
-            elif mask.shape[1] < width:  # output rows past the trie's vocabulary are never items
-                mask = torch.nn.functional.pad(mask, (0, width - mask.shape[1]), value=False)
-            return scores.masked_fill(~mask, float("-inf"))
+            return scores.masked_fill(~fit_width(self.trie.allowed_mask(states), width), float("-inf"))
         # few allowed tokens per row: one dense fill plus a sparse copy of the allowed entries
         rows, toks = self.trie.allowed_pairs(states)
         if self.trie.vocab_size > width:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .decoding import ItemTrie, TrieLogitsProcessor
+from .decoding import ItemTrie, TrieLogitsProcessor, fit_width
 
 
 def _device(model) -> torch.device:
@@ -121,9 +121,7 @@ def one_token_beams(backbone, embeds: torch.Tensor, mask: torch.Tensor, trie: It
     logits = backbone(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=start).logits[:, -1].float()
     if trie.device != logits.device:
         trie.to(logits.device)
-    allowed = trie.allowed_mask(trie.root_states(1))[:, :logits.shape[1]]
-    if allowed.shape[1] < logits.shape[1]:
-        allowed = torch.nn.functional.pad(allowed, (0, logits.shape[1] - allowed.shape[1]), value=False)
+    allowed = fit_width(trie.allowed_mask(trie.root_states(1)), logits.shape[1])
     first = torch.log_softmax(logits, -1).masked_fill(~allowed, float("-inf"))
     top, items = first.topk(beams, dim=-1)  # [n, beams]
     # second step for every kept beam: the decoder re-reads (start, item), two positions

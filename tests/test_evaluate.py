@@ -20,13 +20,16 @@ torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _tiny_run(toy_dir, out, **kw):
+    """Six steps of a tiny T5 on the toy data: enough to load, rank and evaluate, not to be good."""
+    return train(TrainConfig(data=str(toy_dir), output=str(out), epochs=1, batch_size=16, max_steps=6,
+                             save_steps=100, logging_steps=2, use_cpu=True, vocab_size=300, lr=3e-3,
+                             max_source_len=256, max_target_len=24, **kw))
+
+
 @pytest.fixture(scope="module")
 def ckpt_dir(toy_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("eval") / "ckpt"
-    cfg = TrainConfig(data=str(toy_dir), output=str(out), epochs=1, batch_size=16, max_steps=6,
-                      save_steps=100, logging_steps=2, use_cpu=True, vocab_size=300, lr=3e-3,
-                      max_source_len=256, max_target_len=24)
-    return train(cfg)
+    return _tiny_run(toy_dir, tmp_path_factory.mktemp("eval") / "ckpt")
 
 
 def test_parse_and_rating_fallback():
@@ -54,11 +57,7 @@ def test_ranked_items_are_real_and_unique(ckpt_dir, toy_ds):
 
 @pytest.fixture(scope="module")
 def atomic_ckpt_dir(toy_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("eval_atomic") / "ckpt"
-    cfg = TrainConfig(data=str(toy_dir), output=str(out), epochs=1, batch_size=16, max_steps=6,
-                      save_steps=100, logging_steps=2, use_cpu=True, vocab_size=300, lr=3e-3,
-                      max_source_len=256, max_target_len=24, index="atomic", tasks="sequential")
-    return train(cfg)
+    return _tiny_run(toy_dir, tmp_path_factory.mktemp("eval_atomic") / "ckpt", index="atomic", tasks="sequential")
 
 
 def test_one_token_fast_path_returns_what_beam_search_returns(atomic_ckpt_dir, toy_ds, monkeypatch):
