@@ -211,7 +211,9 @@ def load_checkpoint(ckpt_dir, data=None, device: str | torch.device = "cpu") -> 
     model.to(device).eval()
     featurizer = Featurizer(tokenizer, model.decoder_only, config["whole_word"], config["max_source_len"],
                             config["max_target_len"], config["max_words"],
-                            target_space=config.get("target_space", False))  # absent: written before it existed
+                            # absent: written before the option existed
+                            target_space=config.get("target_space", False),
+                            word_numbering=config.get("word_numbering", "p5"))
     idx = {n: ItemIndex.load(ckpt_dir / f) if (ckpt_dir / f).is_file() else None
            for n, f in (("index", "item_index.json"), ("user_index", "user_index.json"))}
     return Checkpoint(model, tokenizer, featurizer, idx["index"], idx["user_index"], config)

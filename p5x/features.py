@@ -12,6 +12,14 @@ characters come from, read from the tokenizer's character OFFSETS. Offsets work 
 SentencePiece and byte-level BPE, where the '▁' prefix trick (P5's) would only fit SentencePiece
 and would give an id such as `<i0_3><i1_7>` one index per piece. Special tokens, padding and (for
 decoder-only) target tokens get 0, the embedding's padding row.
+
+Word numbering "recency" (`train.py --word-numbering recency`): an item id inside a list of item
+ids (a run of consecutive item words: a history, a candidate list, or a lone item) is numbered by
+how many items follow it in that list, counted down from the top row of the table (the last item
+of a list gets max_words - 1, the one before it max_words - 2, ...; RECENCY_SPAN and further share
+a row); other words keep P5's numbers, kept below those rows. Under P5's numbering the last history
+item's word id depends on the history's length and on where the wording puts it; under recency it
+is the same row in every prompt, which is what a next-item prompt in an unseen wording needs to find.
 """
 
 from __future__ import annotations
@@ -26,6 +34,10 @@ from .errors import ConfigError
 
 FAMILY_IDS = {"rating": 0, "sequential": 1, "direct": 2, "explanation": 3, "review": 4}
 _WORD = re.compile(r"\S+")
+# an item id as rendered: one or more index pieces <i{level}_{n}> with nothing between (p5x.indexing)
+ITEM_WORD = re.compile(r"(?:<i\d+_\d+>)+")
+WORD_NUMBERINGS = ("p5", "recency")
+RECENCY_SPAN = 40  # under "recency", items this far or further from the end of their list share a row
 
 
 def word_index_per_char(text: str) -> np.ndarray:
@@ -36,13 +48,30 @@ def word_index_per_char(text: str) -> np.ndarray:
     return out
 
 
-def whole_word_ids_from_offsets(text: str, offsets, max_words: int) -> list[int]:
+def recency_numbers(text: str, max_words: int) -> np.ndarray:
+    """Word number (P5's, 0..K) -> its id under "recency" numbering (see the module docstring)."""
+    words = _WORD.findall(text)
+    is_item = np.fromiter((ITEM_WORD.fullmatch(w) is not None for w in words), bool, len(words))
+    # items after each word within its run: count runs from the end, restarting at every other word
+    rev = is_item[::-1]
+    seen = np.cumsum(rev)
+    after = (seen - np.maximum.accumulate(np.where(rev, 0, seen)) - 1)[::-1]
+    plain_top = max_words - RECENCY_SPAN - 2  # P5 numbers stay below the recency rows
+    ids = np.where(is_item, max_words - 1 - np.minimum(after, RECENCY_SPAN),
+                   np.minimum(np.arange(1, len(words) + 1), plain_top))
+    return np.concatenate([[0], ids]).astype(np.int64)
+
+
+def whole_word_ids_from_offsets(text: str, offsets, max_words: int, numbering: str = "p5") -> list[int]:
     """Word index of each token from its (start, end) character span; 0 for spans of no text.
 
     A token is assigned the word of its LAST character: byte-level tokens such as ' world' start
     with the space that precedes the word. Indices above max_words - 1 are clipped to it.
+    `numbering` "recency" renumbers the words first (recency_numbers).
     """
     chars = word_index_per_char(text)
+    if numbering == "recency":
+        chars = recency_numbers(text, max_words)[chars]
     off = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
     ends = np.clip(off[:, 1] - 1, 0, len(text))
     ids = np.where(off[:, 1] > off[:, 0], chars[ends], 0)
@@ -61,9 +90,15 @@ class Featurizer:
 
     def __init__(self, tokenizer, decoder_only: bool, whole_word: bool = True, max_source_len: int = 512,
                  max_target_len: int = 64, max_words: int = 512, padding_side: str = "right",
-                 target_space: bool | None = None):
+                 target_space: bool | None = None, word_numbering: str = "p5"):
         if padding_side not in ("left", "right"):
             raise ConfigError(f"padding_side: expected 'left' or 'right', got {padding_side!r}")
+        if word_numbering not in WORD_NUMBERINGS:
+            raise ConfigError(f"word_numbering: expected one of {', '.join(WORD_NUMBERINGS)}, got {word_numbering!r}")
+        if word_numbering != "p5" and max_words < RECENCY_SPAN + 8:
+            raise ConfigError(f"max_words: word numbering {word_numbering!r} needs at least {RECENCY_SPAN + 8}, "
+                              f"got {max_words}")
+        self.word_numbering = word_numbering
         if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
             raise ConfigError("tokenizer: needs a pad token and an eos token")
         self.tokenizer, self.decoder_only, self.whole_word = tokenizer, decoder_only, whole_word
@@ -111,7 +146,7 @@ class Featurizer:
         out_ids, out_words = [], []
         for text, ids, offs in zip(texts, enc["input_ids"], enc["offset_mapping"]):
             ids, offs = ids[:keep], offs[:keep]
-            words = whole_word_ids_from_offsets(text, offs, self.max_words) if offs else []
+            words = whole_word_ids_from_offsets(text, offs, self.max_words, self.word_numbering) if offs else []
             if add_eos:
                 ids, words = ids + [self.tokenizer.eos_token_id], words + [0]
             out_ids.append(ids)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, P5XError
+from .features import RECENCY_SPAN, WORD_NUMBERINGS
 from .indexing import METHODS
 from .modeling import BACKBONES
 from .tasks import EXTRA_FAMILIES, FAMILIES, TRAIN_COUNTS, parse_kind_counts
@@ -73,6 +74,10 @@ class TrainConfig:
                                                  "only (the sequential family's next kind, at its --kind-counts "
                                                  "count), later epochs on the whole mixture"})
     whole_word_embeddings: str = field(default="on", metadata={"help": "add whole-word embeddings: on or off"})
+    word_numbering: str = field(default="p5", metadata={"help": "whole-word ids: p5 (words numbered from the "
+                                                        "prompt's start) or recency (an item in a list numbered by "
+                                                        "how many items follow it, so the last history item has one "
+                                                        "id in every wording; p5x.features)"})
     peft: str = field(default="none", metadata={"help": "parameter-efficient tuning: none or lora"})
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha"})
@@ -122,10 +127,16 @@ class TrainConfig:
 
         for name, allowed in (("index", METHODS), ("item_init", ITEM_INITS),
                               ("whole_word_embeddings", ("on", "off")), ("peft", ("none", "lora")),
+                              ("word_numbering", WORD_NUMBERINGS),
                               ("bf16", ("auto", "on", "off"))):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"--{name.replace('_', '-')}: expected one of {', '.join(allowed)}, "
                                   f"got {getattr(self, name)!r}")
+        if self.word_numbering != "p5" and self.whole_word_embeddings == "off":
+            raise ConfigError(f"--word-numbering {self.word_numbering}: needs --whole-word-embeddings on")
+        if self.word_numbering != "p5" and self.max_words < RECENCY_SPAN + 8:
+            raise ConfigError(f"--max-words: --word-numbering {self.word_numbering} needs at least "
+                              f"{RECENCY_SPAN + 8}, got {self.max_words}")
         if self.prepare_only:
             self.pretokenize = True
         for name in ("epochs", "batch_size", "grad_accum", "max_source_len", "max_target_len", "max_words",
@@ -676,7 +687,8 @@ def task_rows(ds, cfg: TrainConfig):
 CACHE_DIR = "pretokenized"
 CACHE_FORMAT = 2  # bump when the encoding of rows changes (2: decoder-only text targets after a space)
 _CACHE_FIELDS = ("tasks", "model", "epochs", "batch_size", "seed", "index", "max_source_len", "max_target_len",
-                 "max_words", "vocab_size", "shots", "holdout_users", "holdout_seed", "kind_counts", "next_first")
+                 "max_words", "vocab_size", "shots", "holdout_users", "holdout_seed", "kind_counts", "next_first",
+                 "word_numbering")
 
 
 def cache_key(cfg: TrainConfig, ds) -> dict:
@@ -686,6 +698,8 @@ def cache_key(cfg: TrainConfig, ds) -> dict:
     for k in ("kind_counts", "next_first"):  # caches written before these options existed stay valid
         if not key[k]:
             del key[k]
+    if key["word_numbering"] == "p5":
+        del key["word_numbering"]
     return key
 
 
@@ -773,7 +787,8 @@ def train(cfg: TrainConfig, make_rows=task_rows, callbacks=()) -> Path:
     # vocabulary logits of only the last few positions (P5XModel._answer_loss)
     featurizer = Featurizer(tokenizer, spec.decoder_only, cfg.whole_word_embeddings == "on",
                             cfg.max_source_len, cfg.max_target_len, cfg.max_words,
-                            padding_side="left" if spec.decoder_only else "right", target_space=target_space)
+                            padding_side="left" if spec.decoder_only else "right", target_space=target_space,
+                            word_numbering=cfg.word_numbering)
     if cfg.pretokenize and cached is None:
         t0 = time.perf_counter()
         rows = pretokenize(rows, featurizer, cfg.workers)
@@ -802,7 +817,7 @@ def train(cfg: TrainConfig, make_rows=task_rows, callbacks=()) -> Path:
               file=sys.stderr)
     meta = {"backbone": cfg.model, "backbone_kind": spec.kind, "pretrained": spec.pretrained,
             "whole_word": cfg.whole_word_embeddings == "on", "max_words": cfg.max_words,
-            "target_space": featurizer.target_space, "max_source_len": cfg.max_source_len,
+            "word_numbering": cfg.word_numbering, "target_space": featurizer.target_space, "max_source_len": cfg.max_source_len,
             "max_target_len": cfg.max_target_len,
             "tasks": trained_families(rows, cfg), "indexing": cfg.index, "seed": cfg.seed, "data_hash": ds.data_hash,
             "data_name": ds.name, "templates_hash": templates_hash(),

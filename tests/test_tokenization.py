@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 
 from p5x.errors import ConfigError
-from p5x.features import Featurizer, whole_word_ids_from_offsets
+from p5x.features import RECENCY_SPAN, Featurizer, recency_numbers, whole_word_ids_from_offsets
 from p5x.tokenization import add_pieces, answer_token_ids, check_pieces_atomic, train_sentencepiece
 
 PIECES = ["<i0_3>", "<i1_7>", "<i0_1>", "<i1_0>", "<u0_1>", "<u1_2>"]
@@ -53,6 +53,45 @@ def test_whole_word_ids_by_hand():
     offsets = [(0, 1), (1, 2), (3, 9), (9, 15), (15, 17), (17, 18), (18, 19), (0, 0)]
     assert whole_word_ids_from_offsets(text, offsets, 512) == [1, 1, 2, 2, 3, 3, 3, 0]
     assert whole_word_ids_from_offsets(text, offsets, 3) == [1, 1, 2, 2, 2, 2, 2, 0]  # clipped to max - 1
+
+
+def _word_spans(text):
+    import re
+    return [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+
+
+def test_recency_numbering_by_hand():
+    # a history run, a candidate run and a lone multi-piece item; plain words keep P5's numbers
+    text = "user <u0_1><u1_2> bought <i0_5> <i0_7> <i0_9> . pick from <i0_1> <i0_3><i1_4> or <i2_8> ?"
+    ids = whole_word_ids_from_offsets(text, _word_spans(text), 512, "recency")
+    assert ids == [1, 2, 3, 509, 510, 511, 7, 8, 9, 510, 511, 12, 511, 14]
+    assert whole_word_ids_from_offsets(text, _word_spans(text), 512) == list(range(1, 15))  # p5 unchanged
+    # the last history item gets the same id whatever the wording and the history's length
+    a = "Which item follows <i0_2> <i0_3> ?"
+    b = "Knowing that user <u0_1> went through <i0_1> <i0_2> <i0_4> <i0_3> in that order , guess ."
+    last = lambda t: whole_word_ids_from_offsets(t, _word_spans(t), 512, "recency")[t.split().index("<i0_3>")]
+    assert last(a) == last(b) == 511
+    # far back in a long list, items share one row; plain words stay below the recency rows
+    long = " ".join(f"<i0_{k}>" for k in range(RECENCY_SPAN + 10)) + " " + " ".join(["w"] * 600)
+    nums = recency_numbers(long, 512)
+    assert nums[1] == nums[2] == 511 - RECENCY_SPAN and nums[RECENCY_SPAN + 10] == 511
+    assert nums[RECENCY_SPAN + 11:].max() < 511 - RECENCY_SPAN
+
+
+def test_recency_numbering_through_the_featurizer(spm_tok):
+    # every piece of a tokenised item id carries its word's recency row
+    tok = spm_tok
+    text = "User <u0_1> bought <i0_3><i1_7> <i0_1><i1_0> . Which item comes next ?"
+    fz = Featurizer(tok, decoder_only=False, word_numbering="recency")
+    batch = fz.encode_prompts([text])
+    pieces = tok.convert_ids_to_tokens(batch["input_ids"][0].tolist())
+    words = batch["whole_word_ids"][0].tolist()
+    assert [w for p, w in zip(pieces, words) if p in ("<i0_1>", "<i1_0>")] == [511, 511]
+    assert [w for p, w in zip(pieces, words) if p in ("<i0_3>", "<i1_7>")] == [510, 510]
+    with pytest.raises(ConfigError):
+        Featurizer(tok, decoder_only=False, word_numbering="backwards")
+    with pytest.raises(ConfigError):
+        Featurizer(tok, decoder_only=False, word_numbering="recency", max_words=RECENCY_SPAN)
 
 
 def test_whole_word_ids_from_real_tokenizer(spm_tok):

@@ -69,6 +69,23 @@ def test_resume_matches_uninterrupted_run(toy_dir, tmp_path):
         assert torch.allclose(a[k], b[k], atol=1e-6), k
 
 
+def test_recency_word_numbering_reaches_the_cache_key_and_the_checkpoint(toy_dir, toy_ds, tmp_path, capsys):
+    from p5x.checkpoint import load_checkpoint
+    from p5x.training import cache_key
+
+    plain = cache_key(_cfg("d", tmp_path), toy_ds)
+    rec = _cfg(toy_dir, tmp_path / "rec", word_numbering="recency", max_steps=2, save_steps=100)
+    assert "word_numbering" not in plain  # pre-tokenized caches from before the option stay valid
+    assert cache_key(rec, toy_ds)["word_numbering"] == "recency"
+    ck = load_checkpoint(train(rec, make_rows=make_rows), data=toy_ds)
+    assert ck.featurizer.word_numbering == "recency" and ck.config["word_numbering"] == "recency"
+    item = ck.index.text(sorted(toy_ds.items)[0])
+    words = ck.featurizer.encode_prompts([f"after {item} {item} , what next ?"])["whole_word_ids"][0].tolist()
+    assert ck.config["max_words"] - 1 in words and ck.config["max_words"] - 2 in words
+    assert main(["--word-numbering", "recency", "--whole-word-embeddings", "off"]) == 2
+    assert "needs --whole-word-embeddings on" in capsys.readouterr().err
+
+
 def test_cli_rejects_bad_flags(capsys):
     with pytest.raises(SystemExit) as e:
         parse_args(["--no-such-flag"])
