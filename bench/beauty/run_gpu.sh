@@ -112,7 +112,11 @@ case "$stage" in
     # shellcheck disable=SC2046
     "$PY" "$REPO/bench/decode_bench.py" --device "$dev" $(flags bench.decode) \
       --json "$OUT/bench/decode_bench.json" > "$OUT/bench/decode_bench.log" 2>&1
-    cat "$OUT/bench/train_throughput.json" "$OUT/bench/decode_bench.json" ;;
+    # one-token ids (the one-command run's atomic index): adds p5x.inference.one_token_beams
+    # shellcheck disable=SC2046
+    "$PY" "$REPO/bench/decode_bench.py" --device "$dev" $(flags bench.decode_atomic) \
+      --json "$OUT/bench/decode_bench_atomic.json" > "$OUT/bench/decode_bench_atomic.log" 2>&1
+    cat "$OUT/bench/train_throughput.json" "$OUT/bench/decode_bench.json" "$OUT/bench/decode_bench_atomic.json" ;;
   ablation)
     name="${2:-}"; step="${3:-}"
     [ -n "$name" ] || usage
