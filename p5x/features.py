@@ -48,6 +48,16 @@ def word_index_per_char(text: str) -> np.ndarray:
     return out
 
 
+def word_numbering_problem(numbering: str, max_words: int) -> str | None:
+    """Why `numbering` cannot number words into a table of `max_words` rows (None when it can);
+    shared by Featurizer and train.py's flag check so both refuse the same settings."""
+    if numbering not in WORD_NUMBERINGS:
+        return f"expected one of {', '.join(WORD_NUMBERINGS)}, got {numbering!r}"
+    if numbering != "p5" and max_words < RECENCY_SPAN + 8:
+        return f"{numbering!r} needs max words (the whole-word table) of at least {RECENCY_SPAN + 8}, got {max_words}"
+    return None
+
+
 def recency_numbers(text: str, max_words: int) -> np.ndarray:
     """Word number (P5's, 0..K) -> its id under "recency" numbering (see the module docstring)."""
     words = _WORD.findall(text)
@@ -93,11 +103,9 @@ class Featurizer:
                  target_space: bool | None = None, word_numbering: str = "p5"):
         if padding_side not in ("left", "right"):
             raise ConfigError(f"padding_side: expected 'left' or 'right', got {padding_side!r}")
-        if word_numbering not in WORD_NUMBERINGS:
-            raise ConfigError(f"word_numbering: expected one of {', '.join(WORD_NUMBERINGS)}, got {word_numbering!r}")
-        if word_numbering != "p5" and max_words < RECENCY_SPAN + 8:
-            raise ConfigError(f"max_words: word numbering {word_numbering!r} needs at least {RECENCY_SPAN + 8}, "
-                              f"got {max_words}")
+        problem = word_numbering_problem(word_numbering, max_words)
+        if problem:
+            raise ConfigError(f"word_numbering: {problem}")
         self.word_numbering = word_numbering
         if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
             raise ConfigError("tokenizer: needs a pad token and an eos token")

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, P5XError
-from .features import RECENCY_SPAN, WORD_NUMBERINGS
+from .features import word_numbering_problem
 from .indexing import METHODS
 from .modeling import BACKBONES
 from .tasks import EXTRA_FAMILIES, FAMILIES, TRAIN_COUNTS, parse_kind_counts
@@ -127,16 +127,15 @@ class TrainConfig:
 
         for name, allowed in (("index", METHODS), ("item_init", ITEM_INITS),
                               ("whole_word_embeddings", ("on", "off")), ("peft", ("none", "lora")),
-                              ("word_numbering", WORD_NUMBERINGS),
                               ("bf16", ("auto", "on", "off"))):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"--{name.replace('_', '-')}: expected one of {', '.join(allowed)}, "
                                   f"got {getattr(self, name)!r}")
+        problem = word_numbering_problem(self.word_numbering, self.max_words)
+        if problem:
+            raise ConfigError(f"--word-numbering: {problem}")
         if self.word_numbering != "p5" and self.whole_word_embeddings == "off":
             raise ConfigError(f"--word-numbering {self.word_numbering}: needs --whole-word-embeddings on")
-        if self.word_numbering != "p5" and self.max_words < RECENCY_SPAN + 8:
-            raise ConfigError(f"--max-words: --word-numbering {self.word_numbering} needs at least "
-                              f"{RECENCY_SPAN + 8}, got {self.max_words}")
         if self.prepare_only:
             self.pretokenize = True
         for name in ("epochs", "batch_size", "grad_accum", "max_source_len", "max_target_len", "max_words",
@@ -817,8 +816,8 @@ def train(cfg: TrainConfig, make_rows=task_rows, callbacks=()) -> Path:
               file=sys.stderr)
     meta = {"backbone": cfg.model, "backbone_kind": spec.kind, "pretrained": spec.pretrained,
             "whole_word": cfg.whole_word_embeddings == "on", "max_words": cfg.max_words,
-            "word_numbering": cfg.word_numbering, "target_space": featurizer.target_space, "max_source_len": cfg.max_source_len,
-            "max_target_len": cfg.max_target_len,
+            "word_numbering": cfg.word_numbering, "target_space": featurizer.target_space,
+            "max_source_len": cfg.max_source_len, "max_target_len": cfg.max_target_len,
             "tasks": trained_families(rows, cfg), "indexing": cfg.index, "seed": cfg.seed, "data_hash": ds.data_hash,
             "data_name": ds.name, "templates_hash": templates_hash(),
             "peft": lora_kwargs(cfg) if cfg.peft == "lora" else None, "train_config": asdict(cfg)}

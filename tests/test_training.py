@@ -84,6 +84,8 @@ def test_recency_word_numbering_reaches_the_cache_key_and_the_checkpoint(toy_dir
     assert ck.config["max_words"] - 1 in words and ck.config["max_words"] - 2 in words
     assert main(["--word-numbering", "recency", "--whole-word-embeddings", "off"]) == 2
     assert "needs --whole-word-embeddings on" in capsys.readouterr().err
+    assert main(["--word-numbering", "recency", "--max-words", "20"]) == 2
+    assert "--word-numbering: 'recency' needs max words" in capsys.readouterr().err
 
 
 def test_cli_rejects_bad_flags(capsys):
