@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--text", help="review: the review text to summarise and rate")
     ap.add_argument("--template", help="template id (default: the first seen template of the right kind)")
     ap.add_argument("--top-k", type=int, default=10, help="sequential: how many items to return")
-    ap.add_argument("--exclude-seen", action="store_true", help="sequential: drop items the user already has")
+    ap.add_argument("--exclude-seen", action="store_true", help="sequential: recommend only items the user does "
+                    "not have yet (the search skips them, so --top-k items still come back)")
     ap.add_argument("--split", choices=("valid", "test"), help="batch mode: every user of this held-out part")
     ap.add_argument("--output", type=Path, help="batch mode: write JSON lines here (atomically)")
     ap.add_argument("--json", action="store_true", help="print JSON lines instead of text")
@@ -134,13 +135,10 @@ class Session:
         hist = self.history(user)
         t = self.template("sequential", ("next",))
         prompt = t.render(self.fields(user, history=hist))[0]
+        exclude = [{x.item_id for x in hist}] if self.args.exclude_seen else None
         ranked, _ = rank_items(self.ckpt, [prompt], self.trie, max(self.args.beams, self.args.top_k),
-                               progress=False)
-        items = ranked[0]
-        if self.args.exclude_seen:
-            have = {x.item_id for x in hist}
-            items = [i for i in items if i not in have]
-        items = items[: self.args.top_k]
+                               progress=False, exclude=exclude)
+        items = ranked[0][: self.args.top_k]
         return {"task": "sequential", "user": user, "template": t.id,
                 "items": [{"item": i, "title": self.title(i)} for i in items]}
 
@@ -217,8 +215,11 @@ def batch(session, args) -> list[dict]:
                                      "explanation": ("explain",), "review": ("summary",)}[args.task])
     rows = render(session.ctx, [args.task], args.split, templates=[t.id])
     if args.task == "sequential":
+        exclude = None
+        if args.exclude_seen:
+            exclude = [{x.item_id for x in session.ctx.split.history(u, args.split)} for u in rows["user_id"]]
         ranked, _ = rank_items(session.ckpt, rows["inputs"], session.trie, max(args.beams, args.top_k),
-                               desc="users")
+                               desc="users", exclude=exclude)
         outs = [{"items": r[: args.top_k]} for r in ranked]
     elif args.task == "direct":
         outs = [{"p_yes": float(p)} for p in yes_probability(session.ckpt, rows["inputs"], desc="prompts")]

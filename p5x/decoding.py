@@ -25,7 +25,7 @@ same constraint as HF's slow per-row Python callback, kept as the reference for 
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 from transformers import LogitsProcessor
@@ -43,14 +43,20 @@ _DENSE_RATIO = 16
 class ItemTrie:
     """Prefix trie over item token sequences, as tensors. See the module docstring for the layout."""
 
-    def __init__(self, sequences: list[list[int]], eos_id: int, vocab_size: int, pad_id: int | None = None):
+    def __init__(self, sequences: list[list[int]], eos_id: int, vocab_size: int, pad_id: int | None = None,
+                 names: Sequence[str] | None = None):
+        """`names` (optional, parallel to `sequences`): what each item is called outside the trie (the
+        raw item id), so that `exclusion` can be given items by name."""
         if not sequences:
             raise ValueError("ItemTrie needs at least one item sequence")
         self.eos_id, self.vocab_size, self.pad_id = int(eos_id), int(vocab_size), pad_id
         # build once with Python dicts (catalogue-sized, not per step), then freeze into tensors
+        if names is not None and len(names) != len(sequences):
+            raise ValueError(f"ItemTrie got {len(names)} names for {len(sequences)} sequences")
         children: list[dict[int, int]] = [{}]
-        depth = [0]
+        depth, parent, in_token = [0], [-1], [-1]
         items: set[tuple[int, ...]] = set()
+        self._leaf_of_name: dict[str, int] = {}
         for k, seq in enumerate(sequences):
             seq = [int(t) for t in seq]
             if not seq or seq[-1] != self.eos_id:
@@ -68,8 +74,20 @@ class ItemTrie:
                     children[node][t] = nxt
                     children.append({})
                     depth.append(depth[node] + 1)
+                    parent.append(node)
+                    in_token.append(t)
                 node = nxt
+            if names is not None:
+                self._leaf_of_name[str(names[k])] = node
         self.num_items = len(items)
+        # per node: its parent, the token on the edge into it, and how many items end below it
+        self._parent, self._in_token = parent, in_token
+        leaves = [0] * len(children)
+        for v in range(len(children) - 1, 0, -1):  # children always come after their parent
+            if not children[v]:
+                leaves[v] = 1
+            leaves[parent[v]] += leaves[v]
+        self._leaves_under = leaves
         self.num_nodes = len(children)
         self._items = items
         keys, kids, ptr = [], [], [0]
@@ -175,6 +193,67 @@ class ItemTrie:
         mask[rows, toks] = True
         return mask[inv]
 
+    def count_named(self, names: Iterable[str]) -> int:
+        """How many distinct catalogue items `names` picks out (names the trie does not hold count 0)."""
+        return len({self._leaf_of_name.get(str(n)) for n in names} - {None})
+
+    def exclusion(self, banned: Sequence[Iterable[str]]) -> "Exclusion":
+        """Items each group of rows may not produce (`banned[g]`: names, e.g. a user's history), as
+        the trie edges to cut for that group: the edge into every node all of whose items are banned,
+        where its parent still has an allowed item. Cutting them makes constrained decoding for group
+        g the same as decoding over a trie built without g's banned items (no beam is spent on a
+        prefix that can only end in a banned item). Names the trie does not hold are ignored."""
+        if banned and not self._leaf_of_name:
+            raise ValueError("this ItemTrie was built without names: exclusion needs them")
+        keys, toks = [], []
+        for g, names in enumerate(banned):
+            count: dict[int, int] = {}
+            for v in {self._leaf_of_name.get(str(name)) for name in names} - {None}:
+                while v > 0:
+                    count[v] = count.get(v, 0) + 1
+                    v = self._parent[v]
+            for v, c in count.items():
+                p = self._parent[v]
+                if c == self._leaves_under[v] and (p == 0 or count.get(p, 0) < self._leaves_under[p]):
+                    keys.append(g * self.num_nodes + p)
+                    toks.append(self._in_token[v])
+        key = torch.tensor(keys, dtype=torch.long)
+        order = key.argsort()
+        return Exclusion(key[order].to(self.device), torch.tensor(toks, dtype=torch.long)[order].to(self.device),
+                         self.num_nodes)
+
+    def banned_pairs(self, exclusion: "Exclusion", states: torch.Tensor,
+                     groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows, tokens) that `exclusion` cuts for rows in `states` whose group is `groups[row]`."""
+        states = states.to(self.device)
+        ex = exclusion.to(self.device)
+        key = groups.to(self.device).long() * self.num_nodes + states.clamp(min=0)
+        lo = torch.searchsorted(ex.key, key)
+        hi = torch.searchsorted(ex.key, key, right=True)
+        counts = torch.where(states >= 0, hi - lo, torch.zeros_like(lo))
+        total = int(counts.sum())
+        rows = torch.repeat_interleave(torch.arange(states.shape[0], device=self.device), counts,
+                                       output_size=total)
+        offs = torch.arange(total, device=self.device) - torch.repeat_interleave(
+            torch.cumsum(counts, 0) - counts, counts, output_size=total)
+        return rows, ex.token[torch.repeat_interleave(lo, counts, output_size=total) + offs]
+
+
+class Exclusion:
+    """Trie edges cut per group of rows (ItemTrie.exclusion): `key` = group * num_nodes + parent node,
+    sorted, with the cut edge's `token`."""
+
+    def __init__(self, key: torch.Tensor, token: torch.Tensor, num_nodes: int):
+        self.key, self.token, self.num_nodes = key, token, num_nodes
+
+    def to(self, device) -> "Exclusion":
+        if self.key.device != torch.device(device):
+            self.key, self.token = self.key.to(device), self.token.to(device)
+        return self
+
+    def __len__(self) -> int:
+        return int(self.key.numel())
+
 
 def fit_width(mask: torch.Tensor, width: int) -> torch.Tensor:
     """An [n, trie vocab] mask cut or padded (with False) to the model's `width` output rows: the trie
@@ -202,8 +281,12 @@ class TrieLogitsProcessor(LogitsProcessor):
     one trie step; rows without a match (or a fresh generate call) re-walk their whole prefix.
     """
 
-    def __init__(self, trie: ItemTrie, prompt_len: int = 0, decoder_start: bool | None = None):
+    def __init__(self, trie: ItemTrie, prompt_len: int = 0, decoder_start: bool | None = None,
+                 exclusion: Exclusion | None = None, group_size: int = 1):
         self.trie = trie
+        # rows r*group_size .. (r+1)*group_size-1 belong to prompt r (beam search keeps a prompt's
+        # beams together): exclusion's group r applies to them
+        self.exclusion, self.group_size = exclusion, int(group_size)
         self.prompt_len = int(prompt_len)
         self.decoder_start = (self.prompt_len == 0) if decoder_start is None else bool(decoder_start)
         self.start = self.prompt_len + (1 if self.decoder_start else 0)
@@ -250,7 +333,8 @@ class TrieLogitsProcessor(LogitsProcessor):
         if self.trie.pair_count(states) * _DENSE_RATIO > states.shape[0] * self.trie.vocab_size:
             # many allowed tokens per row (the root of a catalogue of one-token ids: every beam may
             # take any of the 12k items): one mask row per distinct state, gathered to the rows
-            return scores.masked_fill(~fit_width(self.trie.allowed_mask(states), width), float("-inf"))
+            return self._exclude(states, scores.masked_fill(~fit_width(self.trie.allowed_mask(states), width),
+                                                            float("-inf")))
         # few allowed tokens per row: one dense fill plus a sparse copy of the allowed entries
         rows, toks = self.trie.allowed_pairs(states)
         if self.trie.vocab_size > width:
@@ -258,7 +342,16 @@ class TrieLogitsProcessor(LogitsProcessor):
             rows, toks = rows[keep], toks[keep]
         out = torch.full_like(scores, float("-inf"))
         out[rows, toks] = scores[rows, toks]
-        return out
+        return self._exclude(states, out)
+
+    def _exclude(self, states: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.exclusion is None or len(self.exclusion) == 0:
+            return scores
+        groups = torch.arange(states.shape[0], device=states.device) // self.group_size
+        rows, toks = self.trie.banned_pairs(self.exclusion, states, groups)
+        keep = toks < scores.shape[1]
+        scores[rows[keep], toks[keep]] = float("-inf")
+        return scores
 
 
 def make_prefix_allowed_tokens_fn(trie: ItemTrie, prompt_len: int = 0,

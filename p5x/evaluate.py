@@ -5,7 +5,9 @@
 Protocol (docs/DESIGN.md): the split is the one the model trained on (same data hash, or refused).
 
 - sequential next-item: full ranking over the whole catalogue by trie-constrained beam search
-  (beam 20): HR@5/10/20, NDCG@5/10/20, and the share of returned beams that were not items;
+  (beam 20): HR@5/10/20, NDCG@5/10/20, and the share of returned beams that were not items; with
+  `--exclude-history` the search runs over the catalogue minus the user's history (the same
+  whole history before the held-out item), baselines likewise, and the protocol says so;
 - pick-from-candidates kinds (sequential, direct): the 100 fixed candidates ranked by where each
   appears among the constrained beams (absent ones last, in candidate order), labelled "sampled";
 - yes/no kinds: AUC over the positive and negative rows, and (direct, sequential) the 100
@@ -65,6 +67,7 @@ class EvalConfig:
     progress: bool = True
     template_ids: tuple[str, ...] = ()   # keep only these templates inside each group (empty: all)
     per_kind: int = 1                    # evaluate the first N templates of each kind per group (0: all)
+    exclude_history: bool = False        # full ranking leaves out the items each user already has
 
 
 def parse_number(text: str) -> float | None:
@@ -105,8 +108,12 @@ class Evaluator:
 
     # -- kinds ---------------------------------------------------------------------------------
     def next_items(self, rows) -> dict:
+        exclude = None
+        if self.cfg.exclude_history:
+            exclude = [{x.item_id for x in self.ctx.split.history(u, self.cfg.split)} for u in rows["user_id"]]
         ranked, invalid = rank_items(self.ckpt, rows["inputs"], self.trie, self.cfg.beams,
-                                     self.cfg.batch_size, desc="sequential", progress=self.cfg.progress)
+                                     self.cfg.batch_size, desc="sequential", progress=self.cfg.progress,
+                                     exclude=exclude)
         out = M.ranking_metrics(ranked, rows["item_id"], SEQ_KS)
         out["invalid"] = invalid / max(1, len(rows["inputs"]) * min(self.cfg.beams, self.trie.num_items))
         return out
@@ -229,7 +236,8 @@ class Evaluator:
 
     def kind(self, family: str, kind: str, rows) -> list[tuple[str, dict]]:
         if kind == "next":
-            return [("full ranking", self.next_items(rows))]
+            return [("full ranking" + (" (history excluded)" if self.cfg.exclude_history else ""),
+                     self.next_items(rows))]
         if kind == "candidates":
             return [(f"sampled {_one_of(rows['candidates'])}, generation", self.candidates_by_generation(rows))]
         if kind in ("yesno", "like", "rating_check", "preference"):
@@ -286,13 +294,14 @@ def evaluate(cfg: EvalConfig) -> tuple[list[dict], dict]:
         if tasks:
             rows += run_baselines(ds, BaselineConfig(part=cfg.split, tasks=tasks, seed=config.get("seed", 0),
                                                      epochs=cfg.baseline_epochs, device=device,
-                                                     progress=cfg.progress, max_users=cfg.max_users))
+                                                     progress=cfg.progress, max_users=cfg.max_users,
+                                                     exclude_history=cfg.exclude_history))
     meta = {"split": cfg.split, "indexing": config.get("indexing"), "seed": config.get("seed"),
             "templates": sorted({t for r in rows for t in r.get("template_ids", [])}),
             "data_hash": ds.data_hash, "data": str(Path(data).resolve()), "checkpoint": str(cfg.checkpoint),
             "model": config.get("backbone"), "device": M.device_name(device), "max_users": cfg.max_users,
             "beams": cfg.beams, "per_kind": cfg.per_kind, "template_ids_kept": list(cfg.template_ids) or None,
-            "model_eval_seconds": round(model_seconds, 3)}
+            "exclude_history": cfg.exclude_history, "model_eval_seconds": round(model_seconds, 3)}
     return rows, meta
 
 
@@ -310,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "chosen groups (e.g. sequential-1,sequential-13: one seen and one unseen prompt)")
     ap.add_argument("--per-kind", type=int, default=1, help="templates evaluated per kind and group: the first "
                     "N seen (and N unseen) of each kind, pooled; 0 = every template (slow: each is a full pass)")
+    ap.add_argument("--exclude-history", action="store_true", help="sequential full ranking leaves out the "
+                    "items each user already has (baseline rows too; labelled in the table). Default: every item "
+                    "is ranked, as in the published anchors")
     ap.add_argument("--no-baselines", action="store_true", help="skip the same-split baseline rows")
     ap.add_argument("--baseline-epochs", type=int, default=50, help="SASRec epochs for the baseline rows")
     ap.add_argument("--out", type=Path, help="directory for metrics.json/metrics.md (default CKPT/eval)")
@@ -329,7 +341,8 @@ def main(argv=None) -> int:
         cfg = EvalConfig(args.checkpoint, args.data, args.tasks, args.split, groups, args.beams,
                          args.batch_size, args.max_users, not args.no_baselines, args.baseline_epochs,
                          args.out, args.device, not args.no_progress,
-                         tuple(t.strip() for t in args.template_ids.split(",") if t.strip()), args.per_kind)
+                         tuple(t.strip() for t in args.template_ids.split(",") if t.strip()), args.per_kind,
+                         args.exclude_history)
         rows, meta = evaluate(cfg)
         out = args.out or (args.checkpoint / "eval")
         M.write_results(out / "metrics.json", rows, meta)

@@ -16,13 +16,13 @@ work on rendered prompt strings, in batches, on whatever device the model sits o
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .decoding import ItemTrie, TrieLogitsProcessor, fit_width
+from .decoding import Exclusion, ItemTrie, TrieLogitsProcessor, fit_width
 
 
 def _device(model) -> torch.device:
@@ -49,7 +49,7 @@ def build_item_trie(ckpt, items: Sequence[str] | None = None) -> ItemTrie:
     seqs = ckpt.featurizer.encode_targets([ckpt.index.text(i) for i in raw])
     vocab = max(len(ckpt.tokenizer), ckpt.model.backbone.get_output_embeddings().weight.shape[0])
     return ItemTrie(seqs, eos_id=ckpt.tokenizer.eos_token_id, vocab_size=vocab,
-                    pad_id=ckpt.tokenizer.pad_token_id)
+                    pad_id=ckpt.tokenizer.pad_token_id, names=raw)
 
 
 @torch.no_grad()
@@ -67,33 +67,49 @@ def generate_text(ckpt, prompts: Sequence[str], max_new_tokens: int = 64, batch_
 
 @torch.no_grad()
 def rank_items(ckpt, prompts: Sequence[str], trie: ItemTrie, beams: int = 20, batch_size: int = 16,
-               desc: str | None = None, progress: bool = True, fast: bool = True) -> tuple[list[list[str]], int]:
+               desc: str | None = None, progress: bool = True, fast: bool = True,
+               exclude: Sequence[Iterable[str]] | None = None) -> tuple[list[list[str]], int]:
     """Top-`beams` raw item ids per prompt (best first) and the count of outputs that were not items.
 
     An encoder-decoder model over one-token ids (`--index atomic`: every item is one token + eos)
     skips HF's beam search for `one_token_beams`, which returns the same beams; `fast=False` forces
-    HF's `generate` (the reference the tests compare against)."""
+    HF's `generate` (the reference the tests compare against).
+
+    `exclude[k]` (raw ids, e.g. the user's history) are items prompt k may not be given: the search
+    runs over the catalogue without them (ItemTrie.exclusion), so the `beams` returned are the best
+    other items, not what is left after dropping them from the usual beams. A batch holding a prompt
+    with fewer than `beams` items left searches with that many beams (tiny catalogues only)."""
     ckpt.model.eval()
+    if exclude is not None and len(exclude) != len(prompts):
+        raise ValueError(f"rank_items got {len(exclude)} exclusion sets for {len(prompts)} prompts")
     beams = min(beams, trie.num_items)
     ranked: list[list[str]] = []
     invalid = 0
     one_token = trie.max_len == 2 and not ckpt.model.decoder_only and fast
     for s, e in _batches(len(prompts), batch_size, desc, progress):
         batch = _encode(ckpt, prompts[s:e])
+        banned = [set(map(str, x)) for x in exclude[s:e]] if exclude is not None else None
+        exclusion = trie.exclusion(banned) if banned is not None else None
+        # no more beams than the most-excluded prompt has items left (at least one)
+        b = beams if banned is None else \
+            max(1, min(beams, trie.num_items - max(trie.count_named(x) for x in banned)))
         if one_token:
             embeds = ckpt.model.embed(batch["input_ids"], batch.get("whole_word_ids"))
-            ids = one_token_beams(ckpt.model.backbone, embeds, batch["attention_mask"], trie, beams)
+            ids = one_token_beams(ckpt.model.backbone, embeds, batch["attention_mask"], trie, b, exclusion)
         else:
             # decoder-only models generating from inputs_embeds see only the new tokens
-            proc = TrieLogitsProcessor(trie, prompt_len=0, decoder_start=not ckpt.model.decoder_only)
-            ids = ckpt.model.generate(**batch, max_new_tokens=trie.max_len, num_beams=beams,
-                                      num_return_sequences=beams, do_sample=False, early_stopping=True,
+            proc = TrieLogitsProcessor(trie, prompt_len=0, decoder_start=not ckpt.model.decoder_only,
+                                       exclusion=exclusion, group_size=b)
+            ids = ckpt.model.generate(**batch, max_new_tokens=trie.max_len, num_beams=b,
+                                      num_return_sequences=b, do_sample=False, early_stopping=True,
                                       logits_processor=[proc], pad_token_id=ckpt.tokenizer.pad_token_id)
         texts = ckpt.tokenizer.batch_decode(ids, skip_special_tokens=True)
         for r in range(e - s):
             row, seen = [], set()
-            for t in texts[r * beams:(r + 1) * beams]:
+            for t in texts[r * b:(r + 1) * b]:
                 item = ckpt.index.lookup(t.replace(" ", ""))
+                if banned is not None and item in banned:
+                    continue  # a beam with nowhere left to go (a prompt with every item excluded)
                 if item is None:
                     invalid += 1
                 elif item not in seen:
@@ -104,7 +120,8 @@ def rank_items(ckpt, prompts: Sequence[str], trie: ItemTrie, beams: int = 20, ba
 
 
 @torch.no_grad()
-def one_token_beams(backbone, embeds: torch.Tensor, mask: torch.Tensor, trie: ItemTrie, beams: int) -> torch.Tensor:
+def one_token_beams(backbone, embeds: torch.Tensor, mask: torch.Tensor, trie: ItemTrie, beams: int,
+                    exclusion: Exclusion | None = None) -> torch.Tensor:
     """What constrained beam search returns for an encoder-decoder model when every item is a single
     token followed by eos, in two decoder calls and without HF's beam bookkeeping.
 
@@ -114,7 +131,8 @@ def one_token_beams(backbone, embeds: torch.Tensor, mask: torch.Tensor, trie: It
     order is by log P(item) + log P(eos | item), the score HF ranks finished beams by. Returns
     [n * beams, 3] token ids (decoder start, item, eos), each prompt's beams best first, as `generate`
     would lay them out. `backbone` is the HF encoder-decoder, `embeds` the prompt's input embeddings
-    (whole-word ids already added), `mask` its attention mask."""
+    (whole-word ids already added), `mask` its attention mask; `exclusion` (group k = prompt k) removes
+    items from the catalogue per prompt, as the trie processor does."""
     enc = backbone.get_encoder()(inputs_embeds=embeds, attention_mask=mask)
     n, dev = mask.shape[0], mask.device
     start = torch.full((n, 1), backbone.config.decoder_start_token_id, dtype=torch.long, device=dev)
@@ -123,6 +141,10 @@ def one_token_beams(backbone, embeds: torch.Tensor, mask: torch.Tensor, trie: It
         trie.to(logits.device)
     allowed = fit_width(trie.allowed_mask(trie.root_states(1)), logits.shape[1])
     first = torch.log_softmax(logits, -1).masked_fill(~allowed, float("-inf"))
+    if exclusion is not None and len(exclusion):
+        rows, toks = trie.banned_pairs(exclusion, trie.root_states(n), torch.arange(n, device=dev))
+        keep = toks < first.shape[1]
+        first[rows[keep], toks[keep]] = float("-inf")
     top, items = first.topk(beams, dim=-1)  # [n, beams]
     # second step for every kept beam: the decoder re-reads (start, item), two positions
     hidden = enc.last_hidden_state.repeat_interleave(beams, 0)

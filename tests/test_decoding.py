@@ -231,3 +231,62 @@ def test_llama_generating_from_inputs_embeds():
     assert out.shape[0] == 10
     for s in out:
         assert trie.contains(_strip(s)), s.tolist()
+
+
+def _named_trie(items):
+    return ItemTrie(items, eos_id=EOS, vocab_size=VOCAB, pad_id=PAD, names=[f"it{k}" for k in range(len(items))])
+
+
+def _names_of(items, seqs):
+    """Every name whose sequence is in `seqs` (the catalogue holds one duplicate sequence)."""
+    return {f"it{k}" for k, s in enumerate(items) if tuple(s) in seqs}
+
+
+def test_exclusion_cuts_whole_subtrees_and_single_items():
+    items = make_items()
+    trie = _named_trie(items)
+    under_11 = {tuple(s) for s in items if s[0] == 11}
+    ex = trie.exclusion([_names_of(items, under_11), _names_of(items, {(11, EOS)}), {"no-such-item"}])
+    root = trie.root_states(1)
+    after_11 = trie.advance(root, torch.tensor([11]))
+
+    def cut(group, states):
+        rows, toks = trie.banned_pairs(ex, states, torch.full_like(states, group))
+        return sorted(toks.tolist())
+
+    # everything under token 11 banned: the root loses token 11 (no beam spent on that prefix)
+    assert cut(0, root) == [11] and cut(0, after_11) == []
+    # only the item "11" banned: 11 stays open (11 12, 11 12 13 live on), eos after it is cut
+    assert cut(1, root) == [] and cut(1, after_11) == [EOS]
+    assert cut(2, root) == [] and len(ex) == 2
+    with pytest.raises(ValueError):
+        ItemTrie(items, eos_id=EOS, vocab_size=VOCAB).exclusion([{"it0"}])
+
+
+@pytest.mark.parametrize("backbone", ["t5", "llama"])
+def test_exclusion_decodes_as_a_catalogue_without_the_banned_items(backbone):
+    # per prompt, constrained beam search with an exclusion must equal beam search over a trie built
+    # without that prompt's banned items; banned here = what each prompt's unexcluded search ranks
+    # highest (so the test fails if the exclusion does nothing), plus a whole subtree for prompt 0
+    decoder_only = backbone == "llama"
+    model = tiny_llama(BAD) if decoder_only else tiny_t5(BAD)
+    items = make_items()
+    trie = _named_trie(items)
+    torch.manual_seed(3)
+    prompts = torch.randint(3, VOCAB, (3, 7))
+    plen = prompts.shape[1] if decoder_only else 0
+
+    def search(t, ps, **kw):
+        proc = TrieLogitsProcessor(t, prompt_len=plen, decoder_start=not decoder_only, group_size=5, **kw)
+        out = _generated(model, decoder_only, ps, t, logits_processor=[proc])
+        return [[tuple(_strip(s)) for s in out[k * 5:(k + 1) * 5]] for k in range(ps.shape[0])]
+
+    free = search(trie, prompts)
+    banned = [set(f[:2]) for f in free]
+    banned[0] |= {tuple(s) for s in items if s[0] == free[0][2][0]}
+    got = search(trie, prompts, exclusion=trie.exclusion([_names_of(items, b) for b in banned]))
+    for k in range(3):
+        assert not set(got[k]) & banned[k] and got[k] != free[k]
+        rest = [s for s in items if tuple(s) not in banned[k]]
+        want = search(ItemTrie(rest, eos_id=EOS, vocab_size=VOCAB, pad_id=PAD), prompts[k:k + 1])[0]
+        assert got[k] == want

@@ -125,6 +125,13 @@ def test_generate_cli(ckpt_dir, toy_ds, tmp_path):
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert len(res["items"]) == 3 and all(x["item"] in toy_ds.items for x in res["items"])
+    # --exclude-seen: still --top-k items, none the user already has
+    have = {x.item_id for x in toy_ds.by_user()[user]}
+    r = _gen("--checkpoint", str(ckpt_dir), "--task", "sequential", "--user", user, "--top-k", "5", "--beams", "5",
+             "--exclude-seen", "--json")
+    assert r.returncode == 0, r.stderr
+    got = [x["item"] for x in json.loads(r.stdout.strip().splitlines()[-1])["items"]]
+    assert len(got) == 5 and not set(got) & have
     item = next(iter(toy_ds.items))
     r = _gen("--checkpoint", str(ckpt_dir), "--task", "direct", "--user", user, "--candidates",
              ",".join(list(toy_ds.items)[:4]), "--json")
@@ -201,3 +208,45 @@ def test_atomic_ids_train_and_rank(toy_dir, toy_ds, tmp_path):
                                  build_item_trie(ck), beams=6, progress=False)
     assert invalid == 0 and len(ranked[0]) == len(set(ranked[0])) >= 6
     assert all(i in toy_ds.items for i in ranked[0])
+
+
+def test_ranking_without_history_is_the_ranking_of_the_rest(atomic_ckpt_dir, ckpt_dir, toy_ds):
+    # one-token ids: each item's score does not depend on the others, so excluding k items must give
+    # the unexcluded top-(beams+k) with those items taken out, on the fast path and through generate
+    ck = load_checkpoint(atomic_ckpt_dir, data=toy_ds)
+    trie = build_item_trie(ck)
+    users = sorted(ck.user_index.codes)[:4]
+    prompts = [f"what will user {ck.user_index.text(u)} buy next ?" for u in users]
+    wide, _ = rank_items(ck, prompts, trie, beams=11, batch_size=3, progress=False)
+    exclude = [set(r[:2]) | {r[5]} for r in wide]
+    for fast in (True, False):
+        got, bad = rank_items(ck, prompts, trie, beams=8, batch_size=3, progress=False, fast=fast, exclude=exclude)
+        assert bad == 0
+        assert got == [[i for i in r if i not in ex][:8] for r, ex in zip(wide, exclude)]
+    # multi-token ids: the same search as over a catalogue built without the excluded items
+    ck = load_checkpoint(ckpt_dir, data=toy_ds)
+    trie = build_item_trie(ck)
+    prompts = [f"what will user {ck.user_index.text(u)} buy next ?" for u in users]
+    free, _ = rank_items(ck, prompts, trie, beams=6, batch_size=1, progress=False)
+    exclude = [set(r[:3]) for r in free]
+    got, bad = rank_items(ck, prompts, trie, beams=6, batch_size=1, progress=False, exclude=exclude)
+    assert bad == 0 and all(len(r) == 6 for r in got)
+    for p, ex, row in zip(prompts, exclude, got):
+        rest = build_item_trie(ck, [i for i in ck.index.codes if i not in ex])
+        assert row == rank_items(ck, [p], rest, beams=6, progress=False)[0][0]
+        assert not set(row) & ex
+    with pytest.raises(ValueError):
+        rank_items(ck, prompts, trie, exclude=exclude[:1], progress=False)
+
+
+def test_evaluate_cli_excluding_history(ckpt_dir, toy_ds, tmp_path):
+    out = tmp_path / "eval"
+    rc = evaluate_main(["--checkpoint", str(ckpt_dir), "--tasks", "sequential", "--max-users", "4",
+                        "--beams", "5", "--baseline-epochs", "1", "--exclude-history", "--out", str(out),
+                        "--no-progress"])
+    assert rc == 0
+    res = json.loads((out / "metrics.json").read_text())
+    assert res["meta"]["exclude_history"] is True
+    full = [r for r in res["rows"] if r["task"].startswith("sequential") and "full ranking" in r["protocol"]]
+    assert {r["model"] for r in full} >= {"p5x (t5-tiny)", "popularity", "transition"}
+    assert all(r["protocol"] == "full ranking (history excluded)" for r in full)
