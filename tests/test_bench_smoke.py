@@ -243,6 +243,10 @@ def test_oneshot_rejects_a_bad_max_passes(tmp_path):
     r = _run(["bench/beauty/oneshot.py", "--config", str(path), "--data", str(tmp_path), "--out", str(tmp_path / "o")])
     assert r.returncode == 2 and r.stderr.startswith("error:") and "max_passes" in r.stderr
     assert not (tmp_path / "o").exists()
+    cfg["oneshot"].update(max_passes=1, exclude_history_templates="sequential-2")  # not an evaluated prompt
+    path.write_text(json.dumps(cfg))
+    r = _run(["bench/beauty/oneshot.py", "--config", str(path), "--data", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert r.returncode == 2 and "exclude_history_templates" in r.stderr and not (tmp_path / "o").exists()
 
 
 def _oneshot_config(tmp_path) -> Path:
@@ -254,7 +258,7 @@ def _oneshot_config(tmp_path) -> Path:
            # one pass at most: on an idle machine the run ends when the toy epoch does (~80 s), and the
            # large budget leaves room for every stage on a loaded one
            "oneshot": {"budget_s": 300, "calibrate_train_s": 2, "calibrate_users": 8, "margin_s": 5,
-                       "min_train_s": 3, "max_passes": 1}}
+                       "min_train_s": 3, "max_passes": 1, "exclude_history_templates": "sequential-1"}}
     path = tmp_path / "config.json"
     path.write_text(json.dumps(cfg))
     return path
@@ -269,7 +273,7 @@ def test_oneshot_runs_every_stage_inside_its_budget(toy_dir, tmp_path):
     s = json.loads((out / "summary.json").read_text())
     assert s["status"] == "done" and set(s["stages_s"]) == {"prepare", "calibrate_train", "calibrate_eval", "train",
                                                             "evaluate_sequential-1", "evaluate_sequential-13",
-                                                            "diversity"}
+                                                            "evaluate_sequential-1_history_excluded", "diversity"}
     assert s["diversity"]["users"] == s["test_users"] and s["diversity"]["distinct_top1"] >= 1
     # the planned steps all ran, or (a machine slower than its calibration) the time limit ended them and said so
     assert s["calibration"]["steps"] < s["train"]["global_step"] <= s["train"]["max_steps"]
@@ -277,10 +281,12 @@ def test_oneshot_runs_every_stage_inside_its_budget(toy_dir, tmp_path):
         assert "reached at step" in (out / "oneshot.log").read_text()
     assert s["train"]["rows"] > 0 and 0 < s["train"]["passes"] <= 1.0  # oneshot.max_passes 1
     assert {r["templates"] for r in s["results"]} == {"seen", "unseen"}
+    assert sorted(r["protocol"] for r in s["results"]) == ["full ranking", "full ranking",
+                                                           "full ranking (history excluded)"]
     assert s["eval_users"] == s["test_users"] > 0
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["summary.json", "summary.md", "metrics_sequential-1.json", "metrics_sequential-13.json",
-         "throughput.json", "log_history.json", "oneshot.log"])  # what comes back from the GPU machine: at most 8 files
+         "metrics_sequential-1_history_excluded.json", "throughput.json", "log_history.json", "oneshot.log"])  # what comes back from the GPU machine: at most 8 files
 
 
 def test_oneshot_failing_stage_leaves_a_summary(tmp_path):

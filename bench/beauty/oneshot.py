@@ -18,10 +18,12 @@ that. This driver runs the same stages in one process tree and sizes training to
    time to score every user, the evaluation is cut to the first N users (sorted ids) that fit, and
    the summary says so;
 5. train (resumes the calibration checkpoint), then evaluate each prompt (seen, unseen) in its own
-   process, so one that runs out of budget leaves the others' results.
+   process, so one that runs out of budget leaves the others' results; then the prompts named in
+   "oneshot.exclude_history_templates" again with each user's history left out of the ranking
+   (`p5x.evaluate --exclude-history`: a second protocol, reported apart, planned in like a prompt).
 
 Everything small comes back in --out (at most 8 files: summary.json/.md, one metrics_<template>.json
-per evaluated prompt, throughput.json, log_history.json, oneshot.log); the rest stays in --run.
+per evaluated prompt and protocol, throughput.json, log_history.json, oneshot.log); the rest stays in --run.
 Config: the "train" and "evaluate" sections of --config, with "oneshot.train" / "oneshot.evaluate"
 over them and the budget knobs in "oneshot" (command-line flags win).
 """
@@ -179,7 +181,15 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     tids = [t for t in str(evaluate.get("template_ids", "")).split(",") if t] or [None]
-    prompts = len(tids)
+    # each prompt under the anchors' protocol (every item ranked), then these again with the user's
+    # history left out of the ranking (p5x.evaluate --exclude-history)
+    excl = [t for t in str(one.get("exclude_history_templates", "")).split(",") if t]
+    if any(t not in tids for t in excl):
+        print(f"error: {args.config}: oneshot.exclude_history_templates {excl} must be among the evaluated "
+              f"template_ids {tids}", file=sys.stderr)
+        return 2
+    passes = [(t, False) for t in tids] + [(t, True) for t in excl]
+    prompts = len(passes)
 
     args.run.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -244,11 +254,12 @@ def main(argv=None) -> int:
         cap = [] if p["eval_users"] >= n_users else ["--max-users", str(p["eval_users"])]
         summary["eval_users"], summary["results"] = p["eval_users"], []
         # one process per prompt: a prompt cut off by the budget does not take the others with it
-        for tid in tids:
-            tag = tid or "all"
+        for tid, without_history in passes:
+            tag = (tid or "all") + ("_history_excluded" if without_history else "")
             eval_dir = args.run / f"eval_{tag}"
             run(f"evaluate_{tag}", [py, "-m", "p5x.evaluate", *to_flags({**evaluate, "template_ids": tid}), *extra,
-                                    *cap, "--out", str(eval_dir)], timeout=max(1.0, budget.left()))
+                                    *cap, *(["--exclude-history"] if without_history else []),
+                                    "--out", str(eval_dir)], timeout=max(1.0, budget.left()))
             res = json.loads((eval_dir / "metrics.json").read_text())
             summary["results"] += res["rows"]
             shutil.copy(eval_dir / "metrics.json", args.out / f"metrics_{tag}.json")

@@ -76,7 +76,8 @@ do_train() {
   fi
 }
 
-# do_evaluate MODEL_DIR RESULTS_DIR: full test ranking, seen and unseen prompts, timed
+# do_evaluate MODEL_DIR RESULTS_DIR: full test ranking, seen and unseen prompts, timed; then the
+# same with each user's history left out of the search (a second protocol, in RESULTS_DIR/history_excluded)
 do_evaluate() {
   local model="$1" res="$2"
   mkdir -p "$res"
@@ -86,6 +87,13 @@ do_evaluate() {
     --out "$res" 2>&1 | tail -n 40 > "$res/evaluate.log"
   stage_time "$res" evaluate "$t0"
   cat "$res/metrics.md"
+  mkdir -p "$res/history_excluded"
+  t0="$(now)"
+  # shellcheck disable=SC2046
+  "$PY" -m p5x.evaluate --checkpoint "$model" $(flags evaluate) --no-baselines --no-progress --exclude-history \
+    --out "$res/history_excluded" 2>&1 | tail -n 40 > "$res/history_excluded/evaluate.log"
+  stage_time "$res" evaluate_history_excluded "$t0"
+  cat "$res/history_excluded/metrics.md"
 }
 
 stage="${1:-}"
