@@ -2,8 +2,9 @@
 
 Ranks the first N test users' next item with the checkpoint (beam search over real item ids, the
 p5x.evaluate protocol) and reports how many distinct items its top-1 and top-k lists hold, how
-many of the list slots fall in the training set's 100 most popular items, and how often a list
-repeats an item of the user's own history. A model that ignores the history gives every user
+many of the list slots fall in the training set's 100 most popular items, how often a list
+repeats an item of the user's own history, and how often its top-1 is one (the last history item in
+particular; `p5x.evaluate --exclude-history` ranks without them). A model that ignores the history gives every user
 (nearly) the same list.
 
     python bench/prediction_diversity.py --checkpoint RUN --data DIR [--users 500] [--template sequential-1]
@@ -61,12 +62,16 @@ def main(argv=None) -> int:
     slots = [i for r in ranked for i in r]
     by_user = dict(zip(rows["user_id"], ranked))
     hist = {u: {x.item_id for x in ev.ctx.split.history(u, "test")} for u in by_user}
+    last = {u: ev.ctx.split.history(u, "test")[-1].item_id for u in by_user if ev.ctx.split.history(u, "test")}
     res = {"users": len(ranked), "beams": args.beams, "template": args.template,
            "distinct_top1": len(top1), "most_common_top1_share": round(top1.most_common(1)[0][1] / len(ranked), 4),
            f"distinct_in_top{args.beams}": len(set(slots)),
            "share_of_slots_in_100_most_popular": round(sum(i in top100 for i in slots) / len(slots), 4),
            "share_of_slots_from_own_history": round(float(np.mean([len(set(r) & hist[u]) / len(r)
-                                                                    for u, r in by_user.items()])), 4)}
+                                                                    for u, r in by_user.items()])), 4),
+           # a top slot spent on what the user already has (Beauty: no test item is in its user's history)
+           "share_top1_from_own_history": round(float(np.mean([r[0] in hist[u] for u, r in by_user.items()])), 4),
+           "share_top1_is_last_history_item": round(float(np.mean([r[0] == last.get(u) for u, r in by_user.items()])), 4)}
     print(json.dumps(res, indent=1))
     if args.json:
         tmp = Path(args.json).with_suffix(".tmp")

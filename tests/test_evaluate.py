@@ -188,6 +188,7 @@ def test_prediction_diversity_cli(ckpt_dir, toy_dir, tmp_path):
     res = json.loads(r.stdout)
     assert res["users"] == 6 and 1 <= res["distinct_top1"] <= 6 and 1 <= res["distinct_in_top4"] <= 24
     assert 0 <= res["share_of_slots_in_100_most_popular"] <= 1 and 0 <= res["share_of_slots_from_own_history"] <= 1
+    assert 0 <= res["share_top1_is_last_history_item"] <= res["share_top1_from_own_history"] <= 1
     bad = subprocess.run([sys.executable, str(REPO / "bench" / "prediction_diversity.py"), "--checkpoint",
                           str(ckpt_dir), "--data", str(tmp_path / "missing")], capture_output=True, text=True,
                          timeout=300, cwd=REPO)
