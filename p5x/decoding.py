@@ -202,7 +202,9 @@ class ItemTrie:
         the trie edges to cut for that group: the edge into every node all of whose items are banned,
         where its parent still has an allowed item. Cutting them makes constrained decoding for group
         g the same as decoding over a trie built without g's banned items (no beam is spent on a
-        prefix that can only end in a banned item). Names the trie does not hold are ignored."""
+        prefix that can only end in a banned item). Names the trie does not hold are ignored. Names
+        that share one token sequence share its leaf, so excluding one excludes them all (decoding
+        cannot tell them apart either: the decoded text maps back to one name)."""
         if banned and not self._leaf_of_name:
             raise ValueError("this ItemTrie was built without names: exclusion needs them")
         keys, toks = [], []

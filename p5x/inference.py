@@ -77,8 +77,8 @@ def rank_items(ckpt, prompts: Sequence[str], trie: ItemTrie, beams: int = 20, ba
 
     `exclude[k]` (raw ids, e.g. the user's history) are items prompt k may not be given: the search
     runs over the catalogue without them (ItemTrie.exclusion), so the `beams` returned are the best
-    other items, not what is left after dropping them from the usual beams. A batch holding a prompt
-    with fewer than `beams` items left searches with that many beams (tiny catalogues only)."""
+    other items, not what is left after dropping them from the usual beams; a prompt left with fewer
+    than `beams` items gets them all, and its batch-mates are searched as they would be alone."""
     ckpt.model.eval()
     if exclude is not None and len(exclude) != len(prompts):
         raise ValueError(f"rank_items got {len(exclude)} exclusion sets for {len(prompts)} prompts")
@@ -90,28 +90,28 @@ def rank_items(ckpt, prompts: Sequence[str], trie: ItemTrie, beams: int = 20, ba
         batch = _encode(ckpt, prompts[s:e])
         banned = [set(map(str, x)) for x in exclude[s:e]] if exclude is not None else None
         exclusion = trie.exclusion(banned) if banned is not None else None
-        # no more beams than the most-excluded prompt has items left (at least one)
-        b = beams if banned is None else \
-            max(1, min(beams, trie.num_items - max(trie.count_named(x) for x in banned)))
         if one_token:
             embeds = ckpt.model.embed(batch["input_ids"], batch.get("whole_word_ids"))
-            ids = one_token_beams(ckpt.model.backbone, embeds, batch["attention_mask"], trie, b, exclusion)
+            ids = one_token_beams(ckpt.model.backbone, embeds, batch["attention_mask"], trie, beams, exclusion)
         else:
             # decoder-only models generating from inputs_embeds see only the new tokens
             proc = TrieLogitsProcessor(trie, prompt_len=0, decoder_start=not ckpt.model.decoder_only,
-                                       exclusion=exclusion, group_size=b)
-            ids = ckpt.model.generate(**batch, max_new_tokens=trie.max_len, num_beams=b,
-                                      num_return_sequences=b, do_sample=False, early_stopping=True,
+                                       exclusion=exclusion, group_size=beams)
+            ids = ckpt.model.generate(**batch, max_new_tokens=trie.max_len, num_beams=beams,
+                                      num_return_sequences=beams, do_sample=False, early_stopping=True,
                                       logits_processor=[proc], pad_token_id=ckpt.tokenizer.pad_token_id)
         texts = ckpt.tokenizer.batch_decode(ids, skip_special_tokens=True)
         for r in range(e - s):
             row, seen = [], set()
-            for t in texts[r * b:(r + 1) * b]:
+            # a prompt left with fewer items than beams fills its other beams with what the mask
+            # forbade (score -inf): dropped, and not counted as the model's invalid output
+            short = banned is not None and trie.num_items - trie.count_named(banned[r]) < beams
+            for t in texts[r * beams:(r + 1) * beams]:
                 item = ckpt.index.lookup(t.replace(" ", ""))
                 if banned is not None and item in banned:
-                    continue  # a beam with nowhere left to go (a prompt with every item excluded)
+                    continue
                 if item is None:
-                    invalid += 1
+                    invalid += 0 if short else 1
                 elif item not in seen:
                     seen.add(item)
                     row.append(item)

@@ -247,6 +247,11 @@ def test_oneshot_rejects_a_bad_max_passes(tmp_path):
     path.write_text(json.dumps(cfg))
     r = _run(["bench/beauty/oneshot.py", "--config", str(path), "--data", str(tmp_path), "--out", str(tmp_path / "o")])
     assert r.returncode == 2 and "exclude_history_templates" in r.stderr and not (tmp_path / "o").exists()
+    cfg["evaluate"]["template_ids"] = "sequential-1,sequential-13,sequential-2"  # 4 metrics files: too many
+    cfg["oneshot"]["exclude_history_templates"] = "sequential-1"
+    path.write_text(json.dumps(cfg))
+    r = _run(["bench/beauty/oneshot.py", "--config", str(path), "--data", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert r.returncode == 2 and "metrics files" in r.stderr and not (tmp_path / "o").exists()
 
 
 def _oneshot_config(tmp_path) -> Path:

@@ -230,7 +230,7 @@ def test_ranking_without_history_is_the_ranking_of_the_rest(atomic_ckpt_dir, ckp
     prompts = [f"what will user {ck.user_index.text(u)} buy next ?" for u in users]
     free, _ = rank_items(ck, prompts, trie, beams=6, batch_size=1, progress=False)
     exclude = [set(r[:3]) for r in free]
-    got, bad = rank_items(ck, prompts, trie, beams=6, batch_size=1, progress=False, exclude=exclude)
+    got, bad = rank_items(ck, prompts, trie, beams=6, batch_size=4, progress=False, exclude=exclude)
     assert bad == 0 and all(len(r) == 6 for r in got)
     for p, ex, row in zip(prompts, exclude, got):
         rest = build_item_trie(ck, [i for i in ck.index.codes if i not in ex])
@@ -251,3 +251,42 @@ def test_evaluate_cli_excluding_history(ckpt_dir, toy_ds, tmp_path):
     full = [r for r in res["rows"] if r["task"].startswith("sequential") and "full ranking" in r["protocol"]]
     assert {r["model"] for r in full} >= {"p5x (t5-tiny)", "popularity", "transition"}
     assert all(r["protocol"] == "full ranking (history excluded)" for r in full)
+
+
+@pytest.mark.parametrize("atomic", [True, False])
+def test_a_prompt_with_few_items_left_does_not_narrow_its_batch(atomic, atomic_ckpt_dir, ckpt_dir, toy_ds):
+    ck = load_checkpoint(atomic_ckpt_dir if atomic else ckpt_dir, data=toy_ds)
+    trie = build_item_trie(ck)
+    users = sorted(ck.user_index.codes)[:3]
+    prompts = [f"what will user {ck.user_index.text(u)} buy next ?" for u in users]
+    items = sorted(ck.index.codes)
+    alone, _ = rank_items(ck, prompts[:1], trie, beams=8, progress=False)
+    # prompt 1 may have only 3 items, prompt 2 none at all
+    exclude = [set(), set(items[3:]), set(items)]
+    got, bad = rank_items(ck, prompts, trie, beams=8, batch_size=3, progress=False, exclude=exclude)
+    assert got[0] == alone[0] and len(got[0]) == 8
+    assert sorted(got[1]) == items[:3] and got[2] == []
+    assert bad == 0  # the beams a short prompt cannot fill are not the model's invalid output
+
+
+def test_evaluate_excludes_each_users_own_history(ckpt_dir, toy_ds, monkeypatch):
+    from p5x import evaluate as E
+    from p5x.tasks import render
+
+    seen = {}
+    real = E.rank_items
+
+    def spy(ckpt, prompts, trie, *a, exclude=None, **kw):
+        seen["exclude"] = exclude
+        return real(ckpt, prompts, trie, *a, exclude=exclude, **kw)
+
+    monkeypatch.setattr(E, "rank_items", spy)
+    ck = load_checkpoint(ckpt_dir, data=toy_ds)
+    for split in ("valid", "test"):
+        ev = E.Evaluator(ck, toy_ds, E.EvalConfig(ckpt_dir, split=split, max_users=5, beams=4, exclude_history=True,
+                                                  progress=False))
+        rows = render(ev.ctx, ["sequential"], split, templates=["sequential-1"], users=ev.users())
+        ev.next_items(rows)
+        want = [{x.item_id for x in ev.ctx.split.history(u, split)} for u in rows["user_id"]]
+        assert seen["exclude"] == want and all(want)
+        assert (split == "test") == any(ev.ctx.split.valid[u].item_id in w for u, w in zip(rows["user_id"], want))

@@ -76,8 +76,13 @@ do_train() {
   fi
 }
 
+# the prompts scored a second time with the history left out (config oneshot.exclude_history_templates)
+excluded_templates() {
+  "$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["oneshot"].get("exclude_history_templates") or "sequential-1")' "$CONFIG"
+}
+
 # do_evaluate MODEL_DIR RESULTS_DIR: full test ranking, seen and unseen prompts, timed; then the
-# same with each user's history left out of the search (a second protocol, in RESULTS_DIR/history_excluded)
+# seen prompt with each user's history left out of the search (a second protocol, in RESULTS_DIR/history_excluded)
 do_evaluate() {
   local model="$1" res="$2"
   mkdir -p "$res"
@@ -90,7 +95,8 @@ do_evaluate() {
   mkdir -p "$res/history_excluded"
   t0="$(now)"
   # shellcheck disable=SC2046
-  "$PY" -m p5x.evaluate --checkpoint "$model" $(flags evaluate) --no-baselines --no-progress --exclude-history \
+  "$PY" -m p5x.evaluate --checkpoint "$model" $(flags evaluate "template_ids=$(excluded_templates)") \
+    --no-baselines --no-progress --exclude-history \
     --out "$res/history_excluded" 2>&1 | tail -n 40 > "$res/history_excluded/evaluate.log"
   stage_time "$res" evaluate_history_excluded "$t0"
   cat "$res/history_excluded/metrics.md"
