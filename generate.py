@@ -217,7 +217,7 @@ def batch(session, args) -> list[dict]:
     if args.task == "sequential":
         exclude = None
         if args.exclude_seen:
-            exclude = [{x.item_id for x in session.ctx.split.history(u, args.split)} for u in rows["user_id"]]
+            exclude = [session.ctx.split.history_ids(u, args.split) for u in rows["user_id"]]
         ranked, _ = rank_items(session.ckpt, rows["inputs"], session.trie, max(args.beams, args.top_k),
                                desc="users", exclude=exclude)
         outs = [{"items": r[: args.top_k]} for r in ranked]

@@ -61,8 +61,9 @@ def main(argv=None) -> int:
     top1 = collections.Counter(r[0] for r in ranked)
     slots = [i for r in ranked for i in r]
     by_user = dict(zip(rows["user_id"], ranked))
-    hist = {u: {x.item_id for x in ev.ctx.split.history(u, "test")} for u in by_user}
-    last = {u: ev.ctx.split.history(u, "test")[-1].item_id for u in by_user if ev.ctx.split.history(u, "test")}
+    ordered = {u: ev.ctx.split.history_ids(u, "test") for u in by_user}
+    hist = {u: set(h) for u, h in ordered.items()}
+    last = {u: h[-1] for u, h in ordered.items() if h}
     res = {"users": len(ranked), "beams": args.beams, "template": args.template,
            "distinct_top1": len(top1), "most_common_top1_share": round(top1.most_common(1)[0][1] / len(ranked), 4),
            f"distinct_in_top{args.beams}": len(set(slots)),

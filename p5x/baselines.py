@@ -61,7 +61,7 @@ EXTRA_RANKERS = ("cooc", "markov")  # on request only (--models)
 
 
 def _histories(split: Split, users: list[str], part: str) -> list[list[str]]:
-    return [[x.item_id for x in split.history(u, part)] for u in users]
+    return [split.history_ids(u, part) for u in users]
 
 
 def _rank_candidates(scores: np.ndarray, cands: list[list[str]], seed: int) -> list[list[str]]:

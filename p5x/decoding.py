@@ -224,6 +224,17 @@ class ItemTrie:
         return Exclusion(key[order].to(self.device), torch.tensor(toks, dtype=torch.long)[order].to(self.device),
                          self.num_nodes)
 
+    def mask_excluded(self, scores: torch.Tensor, exclusion: "Exclusion | None", states: torch.Tensor,
+                      groups: torch.Tensor) -> torch.Tensor:
+        """`scores` ([rows, width], changed in place and returned) with -inf wherever `exclusion`
+        cuts an edge for a row in `states` whose group is `groups[row]`."""
+        if exclusion is None or len(exclusion) == 0:
+            return scores
+        rows, toks = self.banned_pairs(exclusion, states, groups)
+        keep = toks < scores.shape[1]
+        scores[rows[keep], toks[keep]] = float("-inf")
+        return scores
+
     def banned_pairs(self, exclusion: "Exclusion", states: torch.Tensor,
                      groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(rows, tokens) that `exclusion` cuts for rows in `states` whose group is `groups[row]`."""
@@ -347,13 +358,8 @@ class TrieLogitsProcessor(LogitsProcessor):
         return self._exclude(states, out)
 
     def _exclude(self, states: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        if self.exclusion is None or len(self.exclusion) == 0:
-            return scores
         groups = torch.arange(states.shape[0], device=states.device) // self.group_size
-        rows, toks = self.trie.banned_pairs(self.exclusion, states, groups)
-        keep = toks < scores.shape[1]
-        scores[rows[keep], toks[keep]] = float("-inf")
-        return scores
+        return self.trie.mask_excluded(scores, self.exclusion, states, groups)
 
 
 def make_prefix_allowed_tokens_fn(trie: ItemTrie, prompt_len: int = 0,

@@ -110,7 +110,7 @@ class Evaluator:
     def next_items(self, rows) -> dict:
         exclude = None
         if self.cfg.exclude_history:
-            exclude = [{x.item_id for x in self.ctx.split.history(u, self.cfg.split)} for u in rows["user_id"]]
+            exclude = [self.ctx.split.history_ids(u, self.cfg.split) for u in rows["user_id"]]
         ranked, invalid = rank_items(self.ckpt, rows["inputs"], self.trie, self.cfg.beams,
                                      self.cfg.batch_size, desc="sequential", progress=self.cfg.progress,
                                      exclude=exclude)

@@ -282,7 +282,7 @@ def baseline_aucs(ctx, users, epochs: int = 50, seed: int = 0, device: str = "cp
     rate = [history_like_rate(split.history(u, "test")) for u in users]
     out["like-rate"] = float(M.auc(labels, np.array(rate)))
     sas = train_sasrec(split, items, "sigmoid", epochs=epochs, seed=seed, device=device, progress=False)
-    hist = [[x.item_id for x in split.history(u, "test")] for u in users]
+    hist = [split.history_ids(u, "test") for u in users]
     p = score_sasrec(sas, hist, [[x.item_id] for x in recs])[:, 0]
     out["sasrec-sigmoid"] = float(M.auc(labels, p))
     return out

@@ -141,10 +141,7 @@ def one_token_beams(backbone, embeds: torch.Tensor, mask: torch.Tensor, trie: It
         trie.to(logits.device)
     allowed = fit_width(trie.allowed_mask(trie.root_states(1)), logits.shape[1])
     first = torch.log_softmax(logits, -1).masked_fill(~allowed, float("-inf"))
-    if exclusion is not None and len(exclusion):
-        rows, toks = trie.banned_pairs(exclusion, trie.root_states(n), torch.arange(n, device=dev))
-        keep = toks < first.shape[1]
-        first[rows[keep], toks[keep]] = float("-inf")
+    first = trie.mask_excluded(first, exclusion, trie.root_states(n), torch.arange(n, device=dev))
     top, items = first.topk(beams, dim=-1)  # [n, beams]
     # second step for every kept beam: the decoder re-reads (start, item), two positions
     hidden = enc.last_hidden_state.repeat_interleave(beams, 0)

@@ -32,6 +32,10 @@ class Split:
             h.append(self.valid[user])
         return h
 
+    def history_ids(self, user: str, split: str) -> list[str]:
+        """Raw item ids of `history(user, split)`, oldest first."""
+        return [x.item_id for x in self.history(user, split)]
+
     def eval_users(self, split: str, max_users: int | None = None) -> list[str]:
         """Users with a `split` interaction; with max_users, the first that many by sorted id (the
         subset p5x.evaluate --max-users and p5x.baselines --max-users both score)."""
