@@ -21,7 +21,9 @@ Amazon sets, far stronger than popularity. cooc (only with `--models cooc`) scor
 product of their co-occurrence vectors with the last item's: what `train.py --item-init cooc`
 gives a model before its first step, so a row for that init can be read against it. markov (only
 with `--models markov`) is the factorised next-item model `--item-init markov` fits (tied: the last
-item's own row, times the fitted scale, dotted with every row), so its row reads against that init.
+item's own row, times the fitted scale, dotted with every row), so its row reads against that init;
+markov-untied the two-table model `--item-init markov-untied` fits (the last item's source row
+dotted with every item's answer row).
 
 SASRec (Kang & McAuley 2018) here is trained with full-softmax cross-entropy over all items at
 every position, which is what makes it strong; `sasrec-sigmoid` is the same encoder with a
@@ -53,7 +55,7 @@ DIRECT_KS, DIRECT_NDCG_KS = (1, 5, 10), (5, 10)
 N_NEGATIVES = 99
 TASKS = ("sequential", "direct", "rating")
 RANKERS = ("popularity", "transition", "sasrec")  # the sequential / direct baselines run by default
-EXTRA_RANKERS = ("cooc", "markov")  # on request only (--models)
+EXTRA_RANKERS = ("cooc", "markov", "markov-untied")  # on request only (--models)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -184,9 +186,10 @@ class TransitionScorer:
 
 
 class FactorScorer:
-    """What `train.py --item-init cooc|markov` puts into the model before training, as a ranker of
-    its own: the last item's query vector dotted with every item's vector (p5x.iteminit; for cooc the
-    query is the item's own vector, for markov the fitted scale times it);
+    """What `train.py --item-init cooc|markov|markov-untied` puts into the model before training, as a
+    ranker of its own: the last item's query vector dotted with every item's vector (p5x.iteminit; for
+    cooc the query is the item's own vector, for markov the fitted scale times it, for markov-untied
+    its source row times the scale, dotted with the answer rows);
     popularity breaks ties and ranks alone for an empty history or an item with no training pair."""
 
     def __init__(self, split: Split, item_ids: list[str], dim: int = 64, method: str = "cooc", seed: int = 0,
@@ -200,7 +203,8 @@ class FactorScorer:
             self.vec = torch.from_numpy(cooccurrence_vectors(split, item_ids, dim, device=device)).double()
             self.query = self.vec
         else:
-            vec, query, _ = fit_markov(split, item_ids, dim, seed, device, progress=progress)
+            vec, query, _ = fit_markov(split, item_ids, dim, seed, device, progress=progress,
+                                       two_tables=method == "markov-untied")
             self.vec, self.query = torch.from_numpy(vec).double(), torch.from_numpy(query).double()
         pop = popularity_scores(split, item_ids)
         self.prior = torch.from_numpy(1e-9 * (pop - pop.min()) / max(1e-9, float(pop.max() - pop.min())))
@@ -524,14 +528,13 @@ def run_baselines(ds: Dataset, cfg: BaselineConfig) -> list[dict]:
     pop = popularity_scores(split, item_ids)
     trans = TransitionScorer(split, item_ids) if "transition" in cfg.models else None
     fit_dev = cfg.device if cfg.device == "cuda" else None  # the CPU path keeps ARPACK for cooc
-    cooc = FactorScorer(split, item_ids, cfg.dim, device=fit_dev) if "cooc" in cfg.models else None
-    markov = (FactorScorer(split, item_ids, cfg.dim, "markov", cfg.seed, fit_dev, cfg.progress)
-              if "markov" in cfg.models else None)
+    factor = {m: FactorScorer(split, item_ids, cfg.dim, m, cfg.seed, fit_dev, cfg.progress)
+              for m in EXTRA_RANKERS if m in cfg.models}
     full = "full ranking" + (" (history excluded)" if cfg.exclude_history else "")
     if "sequential" in cfg.tasks:
         pop_t = torch.from_numpy(pop)
         scorers = (("popularity", lambda h: pop_t.expand(len(h), -1)), ("transition", trans),
-                   ("sasrec", lambda h: score_sasrec(sas, h)), ("cooc", cooc), ("markov", markov))
+                   ("sasrec", lambda h: score_sasrec(sas, h))) + tuple(factor.items())
         for name, fn in [(n, f) for n, f in scorers if n in cfg.models]:
             ranked = _full_rank(fn, hist, item_ids, max(SEQ_KS), cfg.exclude_history)
             rows.append(_row(name, "sequential", full, M.ranking_metrics(ranked, targets, SEQ_KS)))
@@ -552,9 +555,8 @@ def run_baselines(ds: Dataset, cfg: BaselineConfig) -> list[dict]:
         counts = popularity_counts(split, item_ids)  # raw counts: ties get the seeded shuffle
         pop_c = np.array([[counts[pos[i]] for i in c] for c in cands])
         scorers = (("popularity", lambda: pop_c), ("transition", lambda: trans.candidate_scores(hist, cands)),
-                   ("sasrec", lambda: score_sasrec(sas, hist, cands)),
-                   ("cooc", lambda: cooc.candidate_scores(hist, cands)),
-                   ("markov", lambda: markov.candidate_scores(hist, cands)))
+                   ("sasrec", lambda: score_sasrec(sas, hist, cands))) + tuple(
+            (m, lambda f=f: f.candidate_scores(hist, cands)) for m, f in factor.items())
         for name, sc in [(n, f()) for n, f in scorers if n in cfg.models]:
             ranked = _rank_candidates(sc, cands, cfg.seed)
             rows.append(_row(name, "direct", f"sampled 1-of-{n_neg + 1}",
@@ -605,8 +607,8 @@ def main(argv=None) -> int:
     ap.add_argument("--models", default=",".join(RANKERS),
                     help="sequential/direct baselines to run, comma list of " + ", ".join(RANKERS + EXTRA_RANKERS)
                          + " (sasrec is slow, and markov on a CPU: minutes on Beauty; cooc, the co-occurrence vectors that train.py "
-                         "--item-init cooc starts from, and markov, the next-item model --item-init markov fits, "
-                         "run only when named; rating always runs its three)")
+                         "--item-init cooc starts from, and markov / markov-untied, the next-item models "
+                         "--item-init markov / markov-untied fit, run only when named; rating always runs its three)")
     ap.add_argument("--out", help="directory for metrics.json and metrics.md (printed only when absent)")
     ap.add_argument("--seed", type=int, default=0, help="seed for training and negative sampling")
     ap.add_argument("--epochs", type=int, default=200, help="SASRec training epochs")

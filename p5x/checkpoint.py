@@ -163,7 +163,10 @@ def _skeleton(config: dict, tokenizer):
         cls = {"t5": T5ForConditionalGeneration, "llama": LlamaForCausalLM}.get(mtype)
         if cls is None:
             raise CheckpointError(f"{CONFIG_FILE}: field 'backbone_config.model_type': unsupported {mtype!r}")
-        backbone = cls(CONFIG_MAPPING[mtype].from_dict(d))
+        cfg = CONFIG_MAPPING[mtype].from_dict(d)
+        if "tie_word_embeddings" in d:  # transformers 5's T5Config ties in its constructor whatever it was given
+            cfg.tie_word_embeddings = bool(d["tie_word_embeddings"])
+        backbone = cls(cfg)
     if config.get("peft"):
         backbone = apply_lora(backbone, **config["peft"])
     return backbone

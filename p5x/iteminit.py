@@ -21,6 +21,14 @@ table it reads the history from. (`fit_markov(query_map=True)` also fits a matri
 directed model that ranks better on its own, but a t5-tiny started from its rows did worse than
 from cooc's: bench/RESULTS.md, session 13.) Only `Split.train` is read here too.
 
+A tied model scores each item against itself with s * |e_a|^2, which only a neighbour of larger norm
+can beat, so the model's first answer tends to be the history's last item (on Beauty, where no
+target repeats its history, that slot is wasted: bench/RESULTS.md, session 22). `markov-untied`
+fits the same softmax with two tables, P(next = b | last = a) = softmax_b(s * e_a . f_b): e_a, the
+item as the last of a history, goes into the input embedding table, f_b, the item as the answer,
+into the output layer (`--output-layer untied`). A model that copies the last item's input row to
+its output then starts from this directed ranker, with nothing pulling an item towards itself.
+
 Rows of items with no training neighbour keep the backbone's random initialisation; the new rows
 are scaled to the embedding table's own standard deviation, so a pretrained table keeps its scale.
 """
@@ -33,7 +41,7 @@ import torch
 from .errors import ConfigError
 from .split import Split
 
-METHODS = ("random", "cooc", "markov")
+METHODS = ("random", "cooc", "markov", "markov-untied")
 MAX_RANK = 512  # eigenpairs computed at most (t5-small's width); wider tables get zeros beyond
 DENSE_MAX = 40_000  # items: up to here a dense eigendecomposition runs on an explicitly given device
 MARKOV_MAX_EPOCHS = 20  # passes over the training pairs at most while choosing how many (fit_markov)
@@ -112,24 +120,28 @@ def _held_out_ndcg(query, emb, src, dst, chunk: int = 4096) -> float:
     return total / max(len(src), 1)
 
 
-def _fit_pairs(n, dim, src, dst, seed, dev, lr, epochs, check=None, bar=None, query_map=False):
+def _fit_pairs(n, dim, src, dst, seed, dev, lr, epochs, check=None, bar=None, query_map=False, two_tables=False):
     """Adam on the full-softmax next-item loss for `epochs` passes; with `check` = (src, dst), stop
     once its NDCG@10 has not improved for MARKOV_PATIENCE passes. Returns (E, Q, passes): the rows
     after the last pass, or, with a check set, the number of passes that gave its best NDCG@10.
+    two_tables: the answers are scored with a second table F, s * e_a . f_b, and E is F (the rows an
+    answer is scored with), Q = s * E_source.
     NDCG rather than the held-out loss: on Beauty the loss rises from the first pass (confident
     misses) while the ranking keeps improving for several more."""
     g = torch.Generator().manual_seed(seed)
     emb = torch.nn.Parameter((0.1 * torch.randn(n, dim, generator=g)).to(dev))
     w = torch.nn.Parameter(torch.eye(dim, device=dev))
     s = torch.nn.Parameter(torch.tensor(10.0, device=dev))
-    opt = torch.optim.Adam([emb, w, s] if query_map else [emb, s], lr=lr)
+    out = torch.nn.Parameter((0.1 * torch.randn(n, dim, generator=g)).to(dev)) if two_tables else emb
+    params = [emb, s] + ([w] if query_map else []) + ([out] if two_tables else [])
+    opt = torch.optim.Adam(params, lr=lr)
     src_t, dst_t = torch.from_numpy(src).to(dev), torch.from_numpy(dst).to(dev)
     check_t = None if check is None else tuple(torch.from_numpy(x).to(dev) for x in check)
     best, best_pass, since = -1.0, epochs, 0
     for k in range(epochs):
         perm = torch.randperm(len(src), generator=g).to(dev)
         for b in perm.split(MARKOV_BATCH):
-            loss = torch.nn.functional.cross_entropy(s * (emb[src_t[b]] @ w) @ emb.T, dst_t[b])
+            loss = torch.nn.functional.cross_entropy(s * (emb[src_t[b]] @ w) @ out.T, dst_t[b])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -137,7 +149,7 @@ def _fit_pairs(n, dim, src, dst, seed, dev, lr, epochs, check=None, bar=None, qu
                 bar.update()
         if check_t is not None:
             with torch.no_grad():
-                held = _held_out_ndcg(s * emb @ w, emb, *check_t)
+                held = _held_out_ndcg(s * emb @ w, out, *check_t)
             if held > best:
                 best, best_pass, since = held, k + 1, 0
             else:
@@ -145,14 +157,17 @@ def _fit_pairs(n, dim, src, dst, seed, dev, lr, epochs, check=None, bar=None, qu
                 if since >= MARKOV_PATIENCE:
                     break
     with torch.no_grad():
-        return emb.detach(), (s * emb @ w).detach(), best_pass
+        return out.detach(), (s * emb @ w).detach(), best_pass
 
 
 def fit_markov(split: Split, items: list[str], dim: int, seed: int = 0, device=None, epochs: int | None = None,
-               lr: float | None = None, progress: bool = False, query_map: bool = False):
+               lr: float | None = None, progress: bool = False, query_map: bool = False, two_tables: bool = False):
     """Fit the factorised Markov model of the module docstring; returns (E [n, dim], Q [n, dim],
     passes) with E, Q float32 numpy: Q = s * E W is each item's query as the last item of a history
     (the ranker p5x.baselines `markov` uses), E the item vectors (what --item-init markov keeps).
+    two_tables (markov-untied): E is the answer table F and Q = s * (the source rows); the ranker is
+    still Q[last] . E, and --item-init markov-untied puts Q's rows in the input table, E's in the
+    output layer.
 
     `epochs` None: the number of passes is chosen on the training data itself. Each sequence's last
     training pair is held out, a fit on the other pairs runs until the held-out NDCG@10 stops rising
@@ -177,11 +192,12 @@ def fit_markov(split: Split, items: list[str], dim: int, seed: int = 0, device=N
             keep = ~last
             if keep.any() and last.any():
                 epochs = _fit_pairs(n, dim, src[keep], dst[keep], seed, dev, lr, MARKOV_MAX_EPOCHS,
-                                    (src[last], dst[last]), bar, query_map)[2]
+                                    (src[last], dst[last]), bar, query_map, two_tables)[2]
             else:
                 epochs = MARKOV_MAX_EPOCHS // 2
             bar.total = bar.n + per_pass * epochs
-        e, q, _ = _fit_pairs(n, dim, src, dst, seed, dev, lr, epochs, bar=bar, query_map=query_map)
+        e, q, _ = _fit_pairs(n, dim, src, dst, seed, dev, lr, epochs, bar=bar, query_map=query_map,
+                             two_tables=two_tables)
     seen = np.zeros(n, dtype=bool)
     seen[src] = True
     seen[dst] = True
@@ -192,12 +208,16 @@ def fit_markov(split: Split, items: list[str], dim: int, seed: int = 0, device=N
 
 
 def item_vectors(method: str, split: Split, items: list[str], dim: int, seed: int = 0, device=None,
-                 progress: bool = False) -> np.ndarray:
-    """[len(items), dim] float32 start rows of `method` (cooc or markov); zero rows are left alone."""
+                 progress: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """(input rows, output rows), each [len(items), dim] float32, of `method`; output None for the
+    tied methods (cooc, markov: one table serves both); zero rows are left alone."""
     if method == "cooc":
-        return cooccurrence_vectors(split, items, dim, seed, device)
+        return cooccurrence_vectors(split, items, dim, seed, device), None
     if method == "markov":
-        return fit_markov(split, items, dim, seed, device, progress=progress)[0]
+        return fit_markov(split, items, dim, seed, device, progress=progress)[0], None
+    if method == "markov-untied":
+        answer, source, _ = fit_markov(split, items, dim, seed, device, progress=progress, two_tables=True)
+        return source, answer
     raise ConfigError(f"--item-init: expected one of {', '.join(METHODS[1:])}, got {method!r}")
 
 
@@ -225,20 +245,26 @@ def item_tables(model) -> list:
 def init_item_embeddings(model, tokenizer, index, split: Split, seed: int = 0, device=None,
                          method: str = "cooc", progress: bool = False) -> int:
     """Overwrite the embedding row of every item token (atomic ids: one piece per item) with its
-    `method` vector (cooc or markov), scaled to the table's standard deviation; returns how many
-    rows changed. An untied output layer gets the same vectors in its item rows, scaled to its own
-    deviation. `device`: a GPU for the eigendecomposition or the Markov fit, or None for the CPU."""
+    `method` vector (cooc, markov or markov-untied), scaled to the table's standard deviation; returns
+    how many rows changed. An untied output layer gets the same vectors in its item rows (markov-untied:
+    the answer rows), scaled to its own deviation. `device`: a GPU for the eigendecomposition or the Markov fit, or None for the CPU."""
     ids = item_token_ids(tokenizer, index, f"--item-init {method}")
     items = list(index.codes)
     targets = item_tables(model)
+    if method == "markov-untied" and len(targets) < 2:
+        raise ConfigError("--item-init markov-untied: needs an untied output layer (--output-layer untied); "
+                          "this backbone scores its output with the input table")
     table = targets[0]
-    vec = torch.from_numpy(item_vectors(method, split, items, table.shape[1], seed, device, progress))
-    has = vec.abs().sum(1) > 0
+    vec_in, vec_out = item_vectors(method, split, items, table.shape[1], seed, device, progress)
+    vecs = [torch.from_numpy(vec_in)] + [torch.from_numpy(vec_in if vec_out is None else vec_out)] * (len(targets) - 1)
+    has = vecs[0].abs().sum(1) > 0
+    for v in vecs[1:]:
+        has &= v.abs().sum(1) > 0
     if not bool(has.any()):
         return 0
     rows = torch.tensor(ids)[has]
     with torch.no_grad():
-        for w in targets:
+        for w, vec in zip(targets, vecs):
             scale = float(w.detach().float().std()) / float(vec[has].std())
             w[rows] = (vec[has] * scale).to(w.dtype)
     return int(has.sum())

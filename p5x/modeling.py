@@ -102,23 +102,42 @@ def load_pretrained_tokenizer(spec: BackboneSpec):
     return tok
 
 
-def build_backbone(spec: BackboneSpec, tokenizer, dropout: float | None = None):
+OUTPUT_LAYERS = ("tied", "untied")
+
+
+def build_backbone(spec: BackboneSpec, tokenizer, dropout: float | None = None, output_layer: str | None = None):
     """A stock HF model for `spec` whose vocabulary covers len(tokenizer).
 
     `dropout` (None: the spec's or checkpoint's own) sets T5's dropout_rate (every dropout layer)
-    or LLaMA's attention_dropout; it is written into the config, so a saved checkpoint records it."""
+    or LLaMA's attention_dropout; it is written into the config, so a saved checkpoint records it.
+    `output_layer` (None: the spec's own) "tied" scores the vocabulary with the input embedding table,
+    "untied" gives the output layer a table of its own; from-config backbones only. A T5 keeps its
+    decoder-output scaling (d_model ** -0.5) either way, so the tables are the only difference.
+    (transformers 5's T5Config forces tie_word_embeddings=True in its constructor and reads a False
+    passed there as "do not scale": the tie is set on the built config instead, and p5x.checkpoint restores it the same way.)"""
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, LlamaConfig, LlamaForCausalLM, \
         T5Config, T5ForConditionalGeneration
 
+    if output_layer is not None and output_layer not in OUTPUT_LAYERS:
+        raise ConfigError(f"--output-layer: expected one of {', '.join(OUTPUT_LAYERS)}, got {output_layer!r}")
     if spec.pretrained is None:
         common = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
                   "eos_token_id": tokenizer.eos_token_id}
         if spec.kind == "t5":
             extra = {} if dropout is None else {"dropout_rate": dropout}
             cfg = T5Config(**{**spec.config, **extra}, **common, decoder_start_token_id=tokenizer.pad_token_id)
+            cfg.scale_decoder_outputs = True
+            cfg.tie_word_embeddings = spec.config.get("tie_word_embeddings", True)
+            if output_layer is not None:
+                cfg.tie_word_embeddings = output_layer == "tied"
             return T5ForConditionalGeneration(cfg)
         extra = {} if dropout is None else {"attention_dropout": dropout}
+        if output_layer is not None:
+            extra["tie_word_embeddings"] = output_layer == "tied"
         return LlamaForCausalLM(LlamaConfig(**{**spec.config, **extra}, **common, bos_token_id=None))
+    if output_layer is not None:
+        raise ConfigError(f"--output-layer {output_layer}: only for backbones built from a config "
+                          f"({spec.name} is pretrained and keeps its own output layer)")
     if spec.pretrained == "smollm2":
         folder, gguf = smollm2_files()
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)

@@ -55,8 +55,12 @@ class TrainConfig:
     index: str = field(default="random", metadata={"help": "item indexing: random, sequential, collaborative or atomic (one token per item)"})
     item_init: str = field(default="random", metadata={"help": "item-token embeddings at the start: random (the "
                                                    "backbone's init), cooc (top eigenvectors of the training histories' item "
-                                                   "co-occurrence) or markov (rows of a factorised next-item model "
-                                                   "fitted to the training histories); p5x.iteminit; both need --index atomic"})
+                                                   "co-occurrence), markov (rows of a factorised next-item model "
+                                                   "fitted to the training histories, tied: an item scores high "
+                                                   "after itself) or markov-untied (the same model with a source "
+                                                   "row per item in the input table and a target row in the output "
+                                                   "layer; needs --output-layer untied); p5x.iteminit; all need "
+                                                   "--index atomic"})
     item_warmup_steps: int = field(default=0, metadata={"help": "with --index atomic: scale every update of the "
                                                         "item-token rows by step/N over the first N steps (0: "
                                                         "off) while the rest of the model trains as usual; on "
@@ -67,6 +71,11 @@ class TrainConfig:
                                                   "(0.1 for the T5 shapes, 0 for LLaMA); on Beauty with "
                                                   "t5-tiny, 0 lost the unseen prompt and 0.3 underfit "
                                                   "(bench/RESULTS.md, session 18)"})
+    output_layer: str = field(default="", metadata={"help": "tied (the output layer scores the vocabulary with the "
+                                                   "input embedding table) or untied (a table of its own); empty "
+                                                   "keeps the backbone's own (tied for the T5 shapes, untied for "
+                                                   "llama-tiny); backbones built from a config only. --item-init "
+                                                   "markov-untied needs untied"})
     kind_counts: str = field(default="", metadata={"help": "training prompts per user and epoch of a kind, over "
                                                    "P5's counts (" + _COUNTS_HELP + "): family.kind=N,..., e.g. "
                                                    "sequential.next=15; 0 drops a kind"})
@@ -124,6 +133,7 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         from .iteminit import METHODS as ITEM_INITS
+        from .modeling import OUTPUT_LAYERS
 
         for name, allowed in (("index", METHODS), ("item_init", ITEM_INITS),
                               ("whole_word_embeddings", ("on", "off")), ("peft", ("none", "lora")),
@@ -131,6 +141,9 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"--{name.replace('_', '-')}: expected one of {', '.join(allowed)}, "
                                   f"got {getattr(self, name)!r}")
+        if self.output_layer and self.output_layer not in OUTPUT_LAYERS:
+            raise ConfigError(f"--output-layer: expected one of {', '.join(OUTPUT_LAYERS)} (or empty: the "
+                              f"backbone's own), got {self.output_layer!r}")
         problem = word_numbering_problem(self.word_numbering, self.max_words)
         if problem:
             raise ConfigError(f"--word-numbering: {problem}")
@@ -170,6 +183,9 @@ class TrainConfig:
             if self.shots:
                 raise ConfigError(f"--item-init {self.item_init}: not used with --shots (held-out users would shape "
                                   "the embeddings)")
+        if self.item_init == "markov-untied" and self.output_layer == "tied":
+            raise ConfigError("--item-init markov-untied: needs --output-layer untied (its target rows go into an "
+                              "output layer of their own)")
         if self.item_warmup_steps:
             if self.item_warmup_steps < 0:
                 raise ConfigError("--item-warmup-steps: must be >= 0")
@@ -329,7 +345,8 @@ def build_model(cfg: TrainConfig, spec, tokenizer):
     from .modeling import P5XModel, apply_lora, build_backbone
 
     torch.manual_seed(cfg.seed)
-    backbone = build_backbone(spec, tokenizer, dropout=None if cfg.dropout == -1.0 else cfg.dropout)
+    backbone = build_backbone(spec, tokenizer, dropout=None if cfg.dropout == -1.0 else cfg.dropout,
+                              output_layer=cfg.output_layer or None)
     if cfg.peft == "lora":
         backbone = apply_lora(backbone, **lora_kwargs(cfg))
     return P5XModel(backbone, whole_word=cfg.whole_word_embeddings == "on", max_words=cfg.max_words,
@@ -810,7 +827,8 @@ def train(cfg: TrainConfig, make_rows=task_rows, callbacks=()) -> Path:
         gpu = "cuda" if torch.cuda.is_available() and not cfg.use_cpu else None  # eigh / Markov fit there: seconds
         n = init_item_embeddings(model, tokenizer, index, time_split(ds), cfg.seed, gpu, cfg.item_init,
                                  progress=True)
-        source = {"cooc": "training co-occurrence", "markov": "a next-item model of the training histories"}
+        source = {"cooc": "training co-occurrence", "markov": "a next-item model of the training histories",
+                  "markov-untied": "a next-item model of the training histories (input and output rows)"}
         init_s = time.perf_counter() - t0
         print(f"item embeddings: {n} of {len(index)} rows from {source[cfg.item_init]} ({init_s:.1f} s)",
               file=sys.stderr)

@@ -119,13 +119,14 @@ def test_cooc_ranks_training_neighbours_and_runs_only_when_named(toy_ds):
     assert "cooc" not in B.BaselineConfig().models  # not a default row
 
 
-def test_markov_ranks_the_successor_and_runs_only_when_named(toy_ds):
-    """markov: the fitted next-item model puts the toy's successor on top, unlike popularity."""
-    rows = B.run_baselines(toy_ds, B.BaselineConfig(tasks=("sequential", "direct"), models=("popularity", "markov"),
+@pytest.mark.parametrize("method", ["markov", "markov-untied"])
+def test_markov_ranks_the_successor_and_runs_only_when_named(toy_ds, method):
+    """markov / markov-untied: the fitted next-item models put the toy's successor on top, unlike popularity."""
+    rows = B.run_baselines(toy_ds, B.BaselineConfig(tasks=("sequential", "direct"), models=("popularity", method),
                                                     **FAST))
-    mk, pop_m = _row(rows, "markov", "sequential")["metrics"], _row(rows, "popularity", "sequential")["metrics"]
-    assert mk["HR@5"] > pop_m["HR@5"] + 0.3 and _row(rows, "markov", "direct")["metrics"]["HR@5"] > 0.5
-    assert "markov" not in B.BaselineConfig().models
+    mk, pop_m = _row(rows, method, "sequential")["metrics"], _row(rows, "popularity", "sequential")["metrics"]
+    assert mk["HR@5"] > pop_m["HR@5"] + 0.3 and _row(rows, method, "direct")["metrics"]["HR@5"] > 0.5
+    assert method not in B.BaselineConfig().models
 
 
 def test_models_selects_the_ranking_baselines(three_users, tmp_path, capsys):
@@ -260,5 +261,6 @@ def test_cooc_and_markov_vectors_are_computed_on_the_baseline_device(toy_ds, mon
     monkeypatch.setattr(I, "cooccurrence_vectors", cooc)
     monkeypatch.setattr(I, "fit_markov", fit)
     for dev, want in (("cuda", "cuda"), ("cpu", None)):
+        seen.clear()
         B.run_baselines(toy_ds, B.BaselineConfig(tasks=("sequential",), models=("cooc", "markov"), device=dev, **FAST))
         assert seen == {"cooc": want, "markov": want}, dev

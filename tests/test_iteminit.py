@@ -133,6 +133,24 @@ def test_markov_fit_is_directed_where_cooc_cannot_be():
                        atol=1e-4)
 
 
+def test_markov_untied_does_not_rank_an_item_after_itself():
+    """Users walk a 12-item cycle forwards. The tied fit (one table) scores s * |e_a|^2 for an item
+    after itself and ranks every item first after itself; the two-table fit (markov-untied) ranks
+    each item's successor first and never the item itself. Seeded like the tied fit."""
+    items = [f"it{k}" for k in range(12)]
+    train = {f"u{k}": [items[(k + j) % 12] for j in range(5)] for k in range(120)}
+    top = {}
+    for two in (False, True):
+        vec, query, _ = fit_markov(_split(train), items, 8, seed=0, epochs=30, lr=3e-2, two_tables=two)
+        assert vec.shape == query.shape == (12, 8)
+        top[two] = np.argmax(query @ vec.T, axis=1)
+    assert (top[False] == np.arange(12)).sum() >= 10  # what the tied start hands the model
+    assert (top[True] == (np.arange(12) + 1) % 12).all()
+    again = fit_markov(_split(train), items, 8, seed=0, epochs=30, lr=3e-2, two_tables=True)
+    vec, query, _ = fit_markov(_split(train), items, 8, seed=0, epochs=30, lr=3e-2, two_tables=True)
+    assert np.array_equal(vec, again[0]) and np.array_equal(query, again[1])
+
+
 def test_markov_reads_training_pairs_only():
     items = ["a", "b", "c", "d", "e"]
     base = {"u1": ["a", "b", "c"], "u2": ["b", "c"], "u3": ["c"]}
@@ -143,8 +161,48 @@ def test_markov_reads_training_pairs_only():
     ref = fit_markov(_split(base), items, 4, seed=1, epochs=3)
     assert np.array_equal(vec, ref[0]) and np.array_equal(query, ref[1])
     assert not vec[3:].any() and not query[3:].any() and vec[:3].any()  # d, e: in no training pair
+    two = fit_markov(held, items, 4, seed=1, epochs=3, two_tables=True)
+    assert all(np.array_equal(a, b) for a, b in zip(two[:2], fit_markov(_split(base), items, 4, seed=1, epochs=3,
+                                                                        two_tables=True)[:2]))
+    assert not two[0][3:].any() and not two[1][3:].any() and two[0][:3].any()
     empty = fit_markov(_split({"u": ["a"]}), items, 4)
     assert not empty[0].any() and not empty[1].any()
+
+
+def test_markov_untied_fills_both_tables_and_needs_an_untied_output_layer(toy_ds, tmp_path):
+    """The source rows go into the input table, the answer rows into the output layer, each scaled
+    to its table's deviation (one scale per table); a tied backbone is refused with the flag to use."""
+    from p5x.iteminit import item_vectors
+    from p5x.modeling import resolve_backbone
+    from p5x.training import build_model, build_tokenizer, task_rows
+
+    split = time_split(toy_ds)
+    cfg = TrainConfig(data="toy", tasks="sequential", index="atomic", vocab_size=300, output=str(tmp_path),
+                      item_init="markov-untied", output_layer="untied").validate()
+    spec = resolve_backbone(cfg.model)
+    ix, ux, rows = task_rows(toy_ds, cfg)
+    tok = build_tokenizer(cfg, spec, list(ix.pieces()) + list(ux.pieces()), rows, toy_ds, None)
+    model = build_model(cfg, spec, tok)
+    tables = [model.backbone.get_input_embeddings().weight, model.backbone.get_output_embeddings().weight]
+    assert tables[0].data_ptr() != tables[1].data_ptr()
+    before = [t.detach().clone() for t in tables]
+    n = init_item_embeddings(model, tok, ix, split, seed=0, method="markov-untied")
+    items = list(ix.codes)
+    ids = torch.tensor(tok.convert_tokens_to_ids([ix.codes[i][0] for i in items]))
+    vec_in, vec_out = item_vectors("markov-untied", split, items, tables[0].shape[1], seed=0)
+    has = torch.from_numpy((np.abs(vec_in).sum(1) > 0) & (np.abs(vec_out).sum(1) > 0))
+    assert n == int(has.sum()) > 0
+    for table, vec, old in zip(tables, (vec_in, vec_out), before):
+        got, want = table.detach()[ids][has], torch.from_numpy(vec)[has]
+        finite = want.abs() > 1e-6
+        ratio = got[finite] / want[finite]
+        assert torch.allclose(ratio, ratio[0].expand_as(ratio), rtol=1e-3)  # these vectors, one scale
+        assert float(got.std()) == pytest.approx(float(old.std()), rel=0.05)
+    assert not np.allclose(vec_in[has.numpy()], vec_out[has.numpy()])  # two different tables
+    tied = build_model(TrainConfig(data="toy", tasks="sequential", index="atomic", vocab_size=300,
+                                   output=str(tmp_path)).validate(), spec, tok)
+    with pytest.raises(ConfigError, match="--output-layer untied"):
+        init_item_embeddings(tied, tok, ix, split, method="markov-untied")
 
 
 def test_markov_chooses_its_passes_on_held_out_training_pairs(monkeypatch):
@@ -174,9 +232,13 @@ def test_config_rejects_cooc_without_atomic_ids():
         TrainConfig(item_init="svd", index="atomic").validate()
     with pytest.raises(ConfigError, match="--shots"):
         TrainConfig(item_init="cooc", index="atomic", tasks="preference", shots=8).validate()
+    with pytest.raises(ConfigError, match="--item-init markov-untied: needs --output-layer untied"):
+        TrainConfig(item_init="markov-untied", index="atomic", output_layer="tied").validate()
+    with pytest.raises(ConfigError, match="--output-layer: expected one of tied, untied"):
+        TrainConfig(output_layer="loose").validate()
 
 
-@pytest.mark.parametrize("method", ["cooc", "markov"])
+@pytest.mark.parametrize("method", ["cooc", "markov", "markov-untied"])
 def test_train_with_item_init_and_rank(toy_dir, toy_ds, tmp_path, method):
     """Through train.py's path: the checkpoint records the option and its item rows moved from random."""
     from p5x.inference import build_item_trie, rank_items
@@ -184,8 +246,12 @@ def test_train_with_item_init_and_rank(toy_dir, toy_ds, tmp_path, method):
     common = dict(data=str(toy_dir), tasks="sequential", epochs=1, batch_size=16, max_steps=2, save_steps=100,
                   use_cpu=True, vocab_size=300, index="atomic", max_source_len=128, max_target_len=8, lr=1e-9)
     base = load_checkpoint(train(TrainConfig(output=str(tmp_path / "r"), **common)), data=toy_ds)
-    ck = load_checkpoint(train(TrainConfig(output=str(tmp_path / "c"), item_init=method, **common)), data=toy_ds)
+    layer = "untied" if method == "markov-untied" else ""
+    ck = load_checkpoint(train(TrainConfig(output=str(tmp_path / "c"), item_init=method, output_layer=layer,
+                                           **common)), data=toy_ds)
     assert ck.config["train_config"]["item_init"] == method
+    out = ck.model.backbone.get_output_embeddings().weight
+    assert (out.data_ptr() == ck.model.backbone.get_input_embeddings().weight.data_ptr()) == (layer != "untied")
     ids = ck.tokenizer.convert_tokens_to_ids(sorted(ck.index.pieces()))
     w_c = ck.model.backbone.get_input_embeddings().weight.detach()
     w_r = base.model.backbone.get_input_embeddings().weight.detach()

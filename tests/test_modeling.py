@@ -129,6 +129,41 @@ def test_save_load_identical_logits(tok, tmp_path, name):
     assert not list(tmp_path.glob("*.bin")) and not list(tmp_path.glob("*.pt"))
 
 
+@pytest.mark.parametrize("name", ["t5-tiny", "llama-tiny"])
+@pytest.mark.parametrize("layer", [None, "tied", "untied"])
+def test_output_layer_tied_or_untied_survives_a_checkpoint(tok, tmp_path, name, layer):
+    """--output-layer: transformers 5's T5Config ties in its constructor whatever it is given, so the
+    tie is set on the built config; a reloaded checkpoint must come back with the same tie (a tied
+    skeleton would load the output table over the input table) and the same logits."""
+    torch.manual_seed(0)
+    m = P5XModel(build_backbone(resolve_backbone(name), tok, output_layer=layer), whole_word=True, max_words=32).eval()
+
+    def tied(model):
+        bb = model.backbone
+        return bb.get_output_embeddings().weight.data_ptr() == bb.get_input_embeddings().weight.data_ptr()
+
+    own = {"t5-tiny": True, "llama-tiny": False}[name]  # the registry's own choice
+    assert tied(m) == (own if layer is None else layer == "tied")
+    if name == "t5-tiny":  # the decoder-output scaling stays, whichever tables
+        assert m.backbone.config.scale_decoder_outputs is True
+    if not tied(m):
+        assert not torch.equal(m.backbone.get_output_embeddings().weight, m.backbone.get_input_embeddings().weight)
+    save_checkpoint(tmp_path, m, tok, _meta(tmp_path, name=name))
+    ck = load_checkpoint(tmp_path)
+    assert tied(ck.model) == tied(m)
+    assert torch.equal(m(**_batch(Featurizer(tok, decoder_only=m.decoder_only))).logits,
+                       ck.model(**_batch(ck.featurizer)).logits)
+
+
+def test_output_layer_is_for_backbones_built_from_a_config(tok):
+    from p5x.modeling import BackboneSpec
+
+    with pytest.raises(ConfigError, match="--output-layer untied: only for backbones built from a config"):
+        build_backbone(BackboneSpec("local", "llama", pretrained="/nowhere"), tok, output_layer="untied")
+    with pytest.raises(ConfigError, match="--output-layer: expected one of tied, untied"):
+        build_backbone(resolve_backbone("t5-tiny"), tok, output_layer="half")
+
+
 def test_data_mismatch_refused(tok, tmp_path):
     class Data:
         data_hash = "something-else"
