@@ -24,10 +24,15 @@ from cooc's: bench/RESULTS.md, session 13.) Only `Split.train` is read here too.
 A tied model scores each item against itself with s * |e_a|^2, which only a neighbour of larger norm
 can beat, so the model's first answer tends to be the history's last item (on Beauty, where no
 target repeats its history, that slot is wasted: bench/RESULTS.md, session 22). `markov-untied`
-fits the same softmax with two tables, P(next = b | last = a) = softmax_b(s * e_a . f_b): e_a, the
-item as the last of a history, goes into the input embedding table, f_b, the item as the answer,
-into the output layer (`--output-layer untied`). A model that copies the last item's input row to
-its output then starts from this directed ranker, with nothing pulling an item towards itself.
+goes on from the tied fit with two tables, P(next = b | last = a) = softmax_b(s * e_a . f_b), both
+started from the tied rows, at a lower learning rate and with a second term in the loss,
+softplus(score of a after a - score of the true next item after a), until the held-out ranking
+stops improving. e_a, the item as the last of a history, goes into the input embedding table, f_b,
+the item as the answer, into the output layer (`--output-layer untied`), so a model that copies the
+last item's input row to its output starts from a ranker that keeps the tied fit's neighbourhoods
+but puts an item below its successors after itself. (Two tables fitted from random rows rank worse:
+without the tied start they lose the symmetric neighbourhoods, which carry much of the signal on
+Beauty; bench/RESULTS.md, session 23.)
 
 Rows of items with no training neighbour keep the backbone's random initialisation; the new rows
 are scaled to the embedding table's own standard deviation, so a pretrained table keeps its scale.
@@ -47,6 +52,8 @@ DENSE_MAX = 40_000  # items: up to here a dense eigendecomposition runs on an ex
 MARKOV_MAX_EPOCHS = 20  # passes over the training pairs at most while choosing how many (fit_markov)
 MARKOV_PATIENCE = 2  # passes without a better held-out NDCG@10 before that choice stops
 MARKOV_BATCH = 1024
+MARKOV_UNTIE_LR_SCALE = 0.3  # markov-untied's second stage: this times the fit's lr (Beauty valid, session 23)
+MARKOV_SELF_WEIGHT = 1.0  # markov-untied's second stage: weight of the term that ranks an item below its successors after itself
 
 
 def cooccurrence_matrix(split: Split, items: list[str]):
@@ -120,28 +127,46 @@ def _held_out_ndcg(query, emb, src, dst, chunk: int = 4096) -> float:
     return total / max(len(src), 1)
 
 
-def _fit_pairs(n, dim, src, dst, seed, dev, lr, epochs, check=None, bar=None, query_map=False, two_tables=False):
+def _fit_pairs(n, dim, src, dst, seed, dev, lr, epochs, check=None, bar=None, query_map=False, start=None,
+               self_weight=0.0):
     """Adam on the full-softmax next-item loss for `epochs` passes; with `check` = (src, dst), stop
-    once its NDCG@10 has not improved for MARKOV_PATIENCE passes. Returns (E, Q, passes): the rows
-    after the last pass, or, with a check set, the number of passes that gave its best NDCG@10.
-    two_tables: the answers are scored with a second table F, s * e_a . f_b, and E is F (the rows an
-    answer is scored with), Q = s * E_source.
+    once its NDCG@10 has not improved for MARKOV_PATIENCE passes. Returns (E, Q, passes, s): the
+    rows after the last pass, or, with a check set, the rows of the pass with the best held-out
+    NDCG@10 and that pass count; s is the fitted scale.
+    start: (source rows, answer rows, s) to go on from as two tables, s * e_a . f_b (the second stage
+    of markov-untied); E is then the answer table and Q = s * the source rows. self_weight adds
+    self_weight * softplus(score(a after a) - score(the true next item after a)) to the loss, which
+    pushes each item below its successors after itself.
     NDCG rather than the held-out loss: on Beauty the loss rises from the first pass (confident
     misses) while the ranking keeps improving for several more."""
     g = torch.Generator().manual_seed(seed)
-    emb = torch.nn.Parameter((0.1 * torch.randn(n, dim, generator=g)).to(dev))
     w = torch.nn.Parameter(torch.eye(dim, device=dev))
-    s = torch.nn.Parameter(torch.tensor(10.0, device=dev))
-    out = torch.nn.Parameter((0.1 * torch.randn(n, dim, generator=g)).to(dev)) if two_tables else emb
-    params = [emb, s] + ([w] if query_map else []) + ([out] if two_tables else [])
+    if start is None:
+        emb = torch.nn.Parameter((0.1 * torch.randn(n, dim, generator=g)).to(dev))
+        out = emb
+        s = torch.nn.Parameter(torch.tensor(10.0, device=dev))
+    else:
+        emb, out = (torch.nn.Parameter(x.detach().clone().to(dev)) for x in start[:2])
+        s = torch.nn.Parameter(torch.as_tensor(start[2], dtype=torch.float32).detach().clone().to(dev))
+    params = [emb, s] + ([w] if query_map else []) + ([out] if out is not emb else [])
     opt = torch.optim.Adam(params, lr=lr)
     src_t, dst_t = torch.from_numpy(src).to(dev), torch.from_numpy(dst).to(dev)
     check_t = None if check is None else tuple(torch.from_numpy(x).to(dev) for x in check)
-    best, best_pass, since = -1.0, epochs, 0
+    best, best_pass, since, best_rows = -1.0, epochs, 0, None
+
+    def rows():
+        with torch.no_grad():
+            return out.detach().clone(), (s * emb @ w).detach(), s.detach().clone()
+
     for k in range(epochs):
         perm = torch.randperm(len(src), generator=g).to(dev)
         for b in perm.split(MARKOV_BATCH):
-            loss = torch.nn.functional.cross_entropy(s * (emb[src_t[b]] @ w) @ out.T, dst_t[b])
+            query = s * (emb[src_t[b]] @ w)
+            logits = query @ out.T
+            loss = torch.nn.functional.cross_entropy(logits, dst_t[b])
+            if self_weight:
+                own = (query * out[src_t[b]]).sum(1)
+                loss = loss + self_weight * torch.nn.functional.softplus(own - logits.gather(1, dst_t[b, None])[:, 0]).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -151,13 +176,21 @@ def _fit_pairs(n, dim, src, dst, seed, dev, lr, epochs, check=None, bar=None, qu
             with torch.no_grad():
                 held = _held_out_ndcg(s * emb @ w, out, *check_t)
             if held > best:
-                best, best_pass, since = held, k + 1, 0
+                best, best_pass, since, best_rows = held, k + 1, 0, rows()
             else:
                 since += 1
                 if since >= MARKOV_PATIENCE:
                     break
-    with torch.no_grad():
-        return out.detach(), (s * emb @ w).detach(), best_pass
+    e, q, scale = best_rows if best_rows is not None else rows()
+    return e, q, best_pass, scale
+
+
+def _fit_untied(n, dim, src, dst, seed, dev, lr, passes, bar=None):
+    """markov-untied: the tied fit for passes[0] passes, then both tables from its rows for passes[1]
+    passes at MARKOV_UNTIE_LR_SCALE * lr with the self term (MARKOV_SELF_WEIGHT); _fit_pairs' tuple."""
+    e, _, _, scale = _fit_pairs(n, dim, src, dst, seed, dev, lr, passes[0], bar=bar)
+    return _fit_pairs(n, dim, src, dst, seed, dev, lr * MARKOV_UNTIE_LR_SCALE, passes[1], bar=bar,
+                      start=(e, e, scale), self_weight=MARKOV_SELF_WEIGHT)
 
 
 def fit_markov(split: Split, items: list[str], dim: int, seed: int = 0, device=None, epochs: int | None = None,
@@ -167,13 +200,15 @@ def fit_markov(split: Split, items: list[str], dim: int, seed: int = 0, device=N
     (the ranker p5x.baselines `markov` uses), E the item vectors (what --item-init markov keeps).
     two_tables (markov-untied): E is the answer table F and Q = s * (the source rows); the ranker is
     still Q[last] . E, and --item-init markov-untied puts Q's rows in the input table, E's in the
-    output layer.
+    output layer. It is fitted in two stages (the module docstring), and `passes` is their sum.
 
     `epochs` None: the number of passes is chosen on the training data itself. Each sequence's last
     training pair is held out, a fit on the other pairs runs until the held-out NDCG@10 stops rising
     (at most MARKOV_MAX_EPOCHS passes), and the model is refitted on every pair for the best number
-    of passes. Seeded: the same split, seed and device give the same rows. Items in no training pair
-    get zero rows. `lr` None: 1e-2 * 64 / dim (Adam; a wider table overfits sooner)."""
+    of passes (two_tables: each stage's count chosen so in turn, the second stage going on from the
+    first's held-out fit). An int `epochs` is used for each stage. Seeded: the same split, seed and
+    device give the same rows. Items in no training pair get zero rows. `lr` None: 1e-2 * 64 / dim
+    (Adam; a wider table overfits sooner)."""
     n = len(items)
     from .baselines import training_pairs
 
@@ -185,26 +220,37 @@ def fit_markov(split: Split, items: list[str], dim: int, seed: int = 0, device=N
     lr = lr if lr is not None else 1e-2 * 64 / max(dim, 1)
     from tqdm import tqdm
 
+    stages = 2 if two_tables else 1
     per_pass = -(-len(src) // MARKOV_BATCH)
-    with tqdm(total=per_pass * (epochs or 2 * MARKOV_MAX_EPOCHS), desc="markov item init", disable=not progress,
-              leave=False) as bar:
+    with tqdm(total=per_pass * stages * (epochs or 2 * MARKOV_MAX_EPOCHS), desc="markov item init",
+              disable=not progress, leave=False) as bar:
         if epochs is None:
             keep = ~last
             if keep.any() and last.any():
-                epochs = _fit_pairs(n, dim, src[keep], dst[keep], seed, dev, lr, MARKOV_MAX_EPOCHS,
-                                    (src[last], dst[last]), bar, query_map, two_tables)[2]
+                held = (src[last], dst[last])
+                first = _fit_pairs(n, dim, src[keep], dst[keep], seed, dev, lr, MARKOV_MAX_EPOCHS, held, bar,
+                                   query_map)
+                passes = (first[2],)
+                if two_tables:
+                    passes += (_fit_pairs(n, dim, src[keep], dst[keep], seed, dev, lr * MARKOV_UNTIE_LR_SCALE,
+                                          MARKOV_MAX_EPOCHS, held, bar, start=(first[0], first[0], first[3]),
+                                          self_weight=MARKOV_SELF_WEIGHT)[2],)
             else:
-                epochs = MARKOV_MAX_EPOCHS // 2
-            bar.total = bar.n + per_pass * epochs
-        e, q, _ = _fit_pairs(n, dim, src, dst, seed, dev, lr, epochs, bar=bar, query_map=query_map,
-                             two_tables=two_tables)
+                passes = (MARKOV_MAX_EPOCHS // 2,) * stages
+        else:
+            passes = (epochs,) * stages
+        bar.total = bar.n + per_pass * sum(passes)
+        if two_tables:
+            e, q, _, _ = _fit_untied(n, dim, src, dst, seed, dev, lr, passes, bar=bar)
+        else:
+            e, q, _, _ = _fit_pairs(n, dim, src, dst, seed, dev, lr, passes[0], bar=bar, query_map=query_map)
     seen = np.zeros(n, dtype=bool)
     seen[src] = True
     seen[dst] = True
     e_np, q_np = e.float().cpu().numpy(), q.float().cpu().numpy()
     e_np[~seen] = 0.0
     q_np[~seen] = 0.0
-    return e_np, q_np, epochs
+    return e_np, q_np, sum(passes)
 
 
 def item_vectors(method: str, split: Split, items: list[str], dim: int, seed: int = 0, device=None,
