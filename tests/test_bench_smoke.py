@@ -330,7 +330,9 @@ def test_oneshot_ablation_goes_over_the_train_flags(tmp_path):
     assert (cur["tasks"], cur["next_first"], cur["kind_counts"]) == ("sequential,direct", 1, "sequential.next=20")
     # atomic ids whose embeddings start from a next-item fit on the training histories; item_init_cooc
     # is the co-occurrence start it replaced, index_atomic the random-init control
-    assert (main["index"], main["item_init"]) == ("atomic", "markov")
+    assert (main["index"], main["item_init"], main["output_layer"]) == ("atomic", "markov-untied", "untied")
+    tied = load(REPO / "bench" / "beauty" / "config.json", "item_init_markov")[0]  # sessions 15-22's start
+    assert (tied["item_init"], tied["output_layer"]) == ("markov", "tied")
     ctl = load(REPO / "bench" / "beauty" / "config.json", "index_atomic")[0]
     assert (ctl["index"], ctl["item_init"]) == ("atomic", "random")
     assert load(REPO / "bench" / "beauty" / "config.json", "item_init_cooc")[0]["item_init"] == "cooc"
@@ -340,7 +342,7 @@ def test_oneshot_ablation_goes_over_the_train_flags(tmp_path):
     staged = cfg["train"]  # the staged recipe's main run: p5_mixture changes nothing there but the flags it names
     assert {**staged, **cfg["ablations"]["p5_mixture"]}["tasks"] == staged["tasks"] == "sequential,direct"
     # an ablation equal to the main run would spend a lease on the same run again: refused
-    for same in ("next_only", "item_init_markov", "sequential_only"):
+    for same in ("next_only", "item_init_markov_untied", "sequential_only"):
         with pytest.raises(KeyError, match="equals the main run"):
             load(REPO / "bench" / "beauty" / "config.json", same)
     # next_only is still a real ablation of the staged recipe (its main run trains both families)
