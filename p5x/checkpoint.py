@@ -153,7 +153,7 @@ def _skeleton(config: dict, tokenizer):
     """A backbone with the saved architecture: from its config dict, or the pretrained base for adapters."""
     from transformers import CONFIG_MAPPING, LlamaForCausalLM, T5ForConditionalGeneration
 
-    from .modeling import apply_lora, build_backbone, resolve_backbone
+    from .modeling import apply_lora, build_backbone, resolve_backbone, share_t5_input_tables
 
     if config.get("adapter_only"):
         backbone = build_backbone(resolve_backbone(config["backbone"]), tokenizer)
@@ -167,6 +167,7 @@ def _skeleton(config: dict, tokenizer):
         if "tie_word_embeddings" in d:  # transformers 5's T5Config ties in its constructor whatever it was given
             cfg.tie_word_embeddings = bool(d["tie_word_embeddings"])
         backbone = cls(cfg)
+        share_t5_input_tables(backbone)
     if config.get("peft"):
         backbone = apply_lora(backbone, **config["peft"])
     return backbone
@@ -181,10 +182,17 @@ def load_weights(model, path: Path, adapter_only: bool) -> None:
     state = load_file(str(path))
     if adapter_only and not any("lora_" in k for k in state):
         raise CheckpointError(f"{path}: adapter checkpoint without any LoRA tensor (an empty adapter)")
+    params = dict(model.named_parameters(remove_duplicate=False))
+    aliases: dict[int, str] = {}
+    for k in state:
+        if k in params:
+            first = aliases.setdefault(id(params[k]), k)
+            if first != k and not torch.equal(state[first], state[k]):
+                raise CheckpointError(f"{path}: tensors {first!r} and {k!r} are one table in this model but differ "
+                                      "in the file (saved by an older p5x?)")
     result = model.load_state_dict(state, strict=False)
     if result.unexpected_keys:
         raise CheckpointError(f"{path}: unexpected tensor {result.unexpected_keys[0]!r}")
-    params = dict(model.named_parameters(remove_duplicate=False))
     loaded_ptrs = {params[k].data_ptr() for k in state if k in params}
     for k in result.missing_keys:
         frozen = adapter_only and k in params and not params[k].requires_grad

@@ -209,6 +209,8 @@ def fit_markov(split: Split, items: list[str], dim: int, seed: int = 0, device=N
     first's held-out fit). An int `epochs` is used for each stage. Seeded: the same split, seed and
     device give the same rows. Items in no training pair get zero rows. `lr` None: 1e-2 * 64 / dim
     (Adam; a wider table overfits sooner)."""
+    if query_map and two_tables:
+        raise ValueError("fit_markov: query_map and two_tables are two different directed models; pick one")
     n = len(items)
     from .baselines import training_pairs
 

@@ -130,7 +130,9 @@ def build_backbone(spec: BackboneSpec, tokenizer, dropout: float | None = None, 
             cfg.tie_word_embeddings = spec.config.get("tie_word_embeddings", True)
             if output_layer is not None:
                 cfg.tie_word_embeddings = output_layer == "tied"
-            return T5ForConditionalGeneration(cfg)
+            model = T5ForConditionalGeneration(cfg)
+            share_t5_input_tables(model)
+            return model
         extra = {} if dropout is None else {"attention_dropout": dropout}
         if output_layer is not None:
             extra["tie_word_embeddings"] = output_layer == "tied"
@@ -150,6 +152,15 @@ def build_backbone(spec: BackboneSpec, tokenizer, dropout: float | None = None, 
     if dropout is not None:
         set_dropout(model, dropout)
     return model
+
+
+def share_t5_input_tables(model) -> None:
+    """Untied, a transformers 5 T5 gives its encoder and decoder input tables of their own too, not
+    only its output layer; point both back at the shared table, so untying changes the output layer
+    alone (the encoder's copy would be dead weight: P5XModel feeds the encoder from the shared table)."""
+    if getattr(model.config, "is_encoder_decoder", False) and not model.config.tie_word_embeddings:
+        model.encoder.set_input_embeddings(model.shared)
+        model.decoder.set_input_embeddings(model.shared)
 
 
 def set_dropout(model, p: float) -> None:

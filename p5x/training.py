@@ -183,7 +183,14 @@ class TrainConfig:
             if self.shots:
                 raise ConfigError(f"--item-init {self.item_init}: not used with --shots (held-out users would shape "
                                   "the embeddings)")
-        if self.item_init == "markov-untied" and self.output_layer == "tied":
+        from .modeling import BACKBONES
+
+        spec = BACKBONES.get(self.model)  # None: a local checkpoint directory (pretrained)
+        if self.output_layer and (spec is None or spec.pretrained is not None):
+            raise ConfigError(f"--output-layer {self.output_layer}: only for backbones built from a config "
+                              f"({self.model} is pretrained and keeps its own output layer)")
+        own = "tied" if spec is None or spec.config.get("tie_word_embeddings", True) else "untied"
+        if self.item_init == "markov-untied" and (self.output_layer or own) == "tied":
             raise ConfigError("--item-init markov-untied: needs --output-layer untied (its target rows go into an "
                               "output layer of their own)")
         if self.item_warmup_steps:

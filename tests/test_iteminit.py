@@ -234,6 +234,11 @@ def test_config_rejects_cooc_without_atomic_ids():
         TrainConfig(item_init="cooc", index="atomic", tasks="preference", shots=8).validate()
     with pytest.raises(ConfigError, match="--item-init markov-untied: needs --output-layer untied"):
         TrainConfig(item_init="markov-untied", index="atomic", output_layer="tied").validate()
+    with pytest.raises(ConfigError, match="--item-init markov-untied: needs --output-layer untied"):
+        TrainConfig(item_init="markov-untied", index="atomic").validate()  # t5-tiny's own layer is tied
+    TrainConfig(item_init="markov-untied", index="atomic", model="llama-tiny").validate()  # untied already
+    with pytest.raises(ConfigError, match="only for backbones built from a config"):
+        TrainConfig(model="smollm2-135m", output_layer="untied").validate()
     with pytest.raises(ConfigError, match="--output-layer: expected one of tied, untied"):
         TrainConfig(output_layer="loose").validate()
 

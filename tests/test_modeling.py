@@ -148,11 +148,35 @@ def test_output_layer_tied_or_untied_survives_a_checkpoint(tok, tmp_path, name, 
         assert m.backbone.config.scale_decoder_outputs is True
     if not tied(m):
         assert not torch.equal(m.backbone.get_output_embeddings().weight, m.backbone.get_input_embeddings().weight)
+
+    def one_input_table(model):  # untying touches the output layer alone: T5's stacks read the shared table
+        bb = model.backbone
+        return name != "t5-tiny" or (bb.encoder.embed_tokens.weight is bb.shared.weight
+                                     and bb.decoder.embed_tokens.weight is bb.shared.weight)
+
+    assert one_input_table(m)
     save_checkpoint(tmp_path, m, tok, _meta(tmp_path, name=name))
     ck = load_checkpoint(tmp_path)
-    assert tied(ck.model) == tied(m)
+    assert tied(ck.model) == tied(m) and one_input_table(ck.model)
     assert torch.equal(m(**_batch(Featurizer(tok, decoder_only=m.decoder_only))).logits,
                        ck.model(**_batch(ck.featurizer)).logits)
+
+
+def test_tables_that_are_one_in_the_model_but_differ_in_the_file_are_refused(tok, tmp_path):
+    """A file whose aliased tensors disagree (e.g. an untied T5 saved while its encoder and decoder
+    still had input tables of their own) would load whichever came last into the shared table."""
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    m = P5XModel(build_backbone(resolve_backbone("t5-tiny"), tok, output_layer="untied"), whole_word=True,
+                 max_words=32).eval()
+    save_checkpoint(tmp_path, m, tok, _meta(tmp_path))
+    state = load_file(str(tmp_path / "model.safetensors"))
+    key = next(k for k in state if k.endswith("shared.weight"))
+    state[key.replace("shared", "encoder.embed_tokens")] = torch.randn_like(state[key])
+    save_file(state, str(tmp_path / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="one table in this model but differ"):
+        load_checkpoint(tmp_path)
 
 
 def test_output_layer_is_for_backbones_built_from_a_config(tok):
