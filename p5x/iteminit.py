@@ -132,7 +132,7 @@ def _fit_pairs(n, dim, src, dst, seed, dev, lr, epochs, check=None, bar=None, qu
     """Adam on the full-softmax next-item loss for `epochs` passes; with `check` = (src, dst), stop
     once its NDCG@10 has not improved for MARKOV_PATIENCE passes. Returns (E, Q, passes, s): the
     rows after the last pass, or, with a check set, the rows of the pass with the best held-out
-    NDCG@10 and that pass count; s is the fitted scale.
+    NDCG@10 and that pass count (with `start`: 0 when no pass beats those rows); s is the fitted scale.
     start: (source rows, answer rows, s) to go on from as two tables, s * e_a . f_b (the second stage
     of markov-untied); E is then the answer table and Q = s * the source rows. self_weight adds
     self_weight * softplus(score(a after a) - score(the true next item after a)) to the loss, which
@@ -157,6 +157,10 @@ def _fit_pairs(n, dim, src, dst, seed, dev, lr, epochs, check=None, bar=None, qu
     def rows():
         with torch.no_grad():
             return out.detach().clone(), (s * emb @ w).detach(), s.detach().clone()
+
+    if check_t is not None and start is not None:  # given rows are a candidate: no pass beats them, zero passes
+        with torch.no_grad():
+            best, best_pass, best_rows = _held_out_ndcg(s * emb @ w, out, *check_t), 0, rows()
 
     for k in range(epochs):
         perm = torch.randperm(len(src), generator=g).to(dev)

@@ -76,6 +76,12 @@ class TrainConfig:
                                                    "keeps the backbone's own (tied for the T5 shapes, untied for "
                                                    "llama-tiny); backbones built from a config only. --item-init "
                                                    "markov-untied needs untied"})
+    history_unlikelihood: float = field(default=0.0, metadata={"help": "with --index atomic: add N times the "
+                                                               "unlikelihood -log(1 - p) of every item of the prompt "
+                                                               "other than the answer, at the answer's (item) token, "
+                                                               "so that an item of the history is not predicted as "
+                                                               "its own next item (0: off; p5x.training."
+                                                               "history_unlikelihood)"})
     kind_counts: str = field(default="", metadata={"help": "training prompts per user and epoch of a kind, over "
                                                    "P5's counts (" + _COUNTS_HELP + "): family.kind=N,..., e.g. "
                                                    "sequential.next=15; 0 drops a kind"})
@@ -203,6 +209,11 @@ class TrainConfig:
                                   "of the weights, which the scaled rows would not reach)")
             if self.peft != "none":
                 raise ConfigError("--item-warmup-steps: not with --peft lora (the embedding rows are frozen there)")
+        if self.history_unlikelihood:
+            if self.history_unlikelihood < 0:
+                raise ConfigError(f"--history-unlikelihood: must be >= 0, got {self.history_unlikelihood}")
+            if self.index != "atomic":
+                raise ConfigError(f"--history-unlikelihood: needs --index atomic (one token per item), got {self.index}")
         if self.dropout != -1.0 and not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"--dropout: expected a probability in [0, 1) or -1 (the backbone's own), got {self.dropout}")
         if self.merge and self.peft != "lora":
@@ -379,19 +390,39 @@ def _make_trainer_class():
         """
 
         p5x_save = None  # callable(out_dir, model, state_dict), set by train()
+        p5x_history_ul = (0.0, None)  # (weight, item token ids) of --history-unlikelihood, set by train()
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             task_ids = inputs.pop("task_ids", None)
             if model.training:
                 self._count_tokens(model, inputs)
             outputs = model(**inputs)
+            loss = outputs.loss
             if task_ids is not None and model.training:
                 self._family_losses(outputs.logits.detach(), inputs["labels"], task_ids, model)
-            return (outputs.loss, outputs) if return_outputs else outputs.loss
+            weight, item_ids = self.p5x_history_ul
+            if weight and model.training:
+                ul = history_unlikelihood(outputs.logits, inputs["labels"], inputs["input_ids"],
+                                          self._item_mask(item_ids, outputs.logits), self._decoder_only(model))
+                loss = loss + weight * ul
+                s, c = self.__dict__.setdefault("_fam_acc", {}).get("history_unlikelihood", (0.0, 0))
+                self._fam_acc["history_unlikelihood"] = (s + float(ul.detach()), c + 1)
+            return (loss, outputs) if return_outputs else loss
+
+        def _decoder_only(self, model):
+            return getattr(self.accelerator.unwrap_model(model), "decoder_only", False)
+
+        def _item_mask(self, item_ids, logits):
+            """A bool row over the vocabulary, True at item tokens (built once per device)."""
+            mask = self.__dict__.get("_items")
+            if mask is None or mask.device != logits.device or mask.numel() != logits.shape[-1]:
+                mask = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+                mask[torch.as_tensor(item_ids, device=logits.device)] = True
+                self._items = mask
+            return mask
 
         def _family_losses(self, logits, labels, task_ids, model):
-            decoder_only = getattr(self.accelerator.unwrap_model(model), "decoder_only", False)
-            if decoder_only:  # logits of the last positions only (P5XModel._answer_loss); t predicts t + 1
+            if self._decoder_only(model):  # logits of the last positions only (P5XModel._answer_loss); t predicts t + 1
                 labels = labels[:, labels.shape[1] - logits.shape[1]:]
                 logits, labels = logits[:, :-1], labels[:, 1:]
             tok = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100,
@@ -410,8 +441,7 @@ def _make_trainer_class():
             tp = self.__dict__.get("_tp")
             if tp is None:
                 tp = self._tp = ThroughputMeter(getattr(self.data_collator, "seconds", None))
-            decoder_only = getattr(self.accelerator.unwrap_model(model), "decoder_only", False)
-            tp.add(inputs, decoder_only)
+            tp.add(inputs, self._decoder_only(model))
 
         def log(self, logs, *args, **kwargs):
             acc = self.__dict__.pop("_fam_acc", {})
@@ -429,6 +459,40 @@ def _make_trainer_class():
                               state_dict)
 
     return P5XTrainer
+
+
+def history_unlikelihood(logits, labels, input_ids, item_mask, decoder_only: bool = False) -> torch.Tensor:
+    """--history-unlikelihood: the mean, over rows whose answer starts with an item token, of
+    sum_h -log(1 - p(h)) at that first answer token, h over the item tokens of the prompt other than
+    the answer itself (a next-item prompt: the history; a candidate prompt: the other candidates).
+
+    Cross-entropy alone leaves an item's own row scoring high after itself (its input and output
+    rows start alike; on Beauty the trained model put the last history item first for 44-96% of
+    users, and it is never the answer there). This term is zero for an item the model already gives
+    no mass and large only for the ones it does, so it reshapes the top of the ranking and little else.
+    logits/labels as the model returns them: encoder-decoder [B, T, V] with labels [B, T];
+    decoder-only the logits of the last positions, labels over the whole (left-padded) row.
+    item_mask: bool [V], True at item tokens. Zero (with a graph) when no row qualifies.
+    """
+    if decoder_only:
+        lab = labels[:, labels.shape[1] - logits.shape[1]:]
+        logits, lab = logits[:, :-1], lab[:, 1:]
+        first = (lab != -100).float().argmax(1)  # _answer_loss keeps the position before each answer
+        prompt = labels == -100
+    else:
+        lab, first = labels, torch.zeros(labels.shape[0], dtype=torch.long, device=labels.device)
+        prompt = torch.ones_like(input_ids, dtype=torch.bool)
+    rows = torch.arange(lab.shape[0], device=lab.device)
+    answer = lab[rows, first]
+    ok = (answer >= 0) & item_mask[answer.clamp(min=0)]
+    step = logits[rows, first].float()  # [B, V]: the scores of the answer's first token
+    in_prompt = (item_mask[input_ids] & prompt).float()
+    neg = torch.zeros_like(step).scatter_add_(1, input_ids.long(), in_prompt) > 0
+    neg[rows, answer.clamp(min=0)] = False
+    neg &= ok[:, None]
+    p = step.softmax(-1)
+    per_row = -(torch.log1p(-p.clamp(max=1 - 1e-6)) * neg).sum(1)
+    return per_row.sum() / ok.sum().clamp(min=1)
 
 
 # -- pre-tokenization and throughput --------------------------------------------------------------
@@ -858,6 +922,10 @@ def train(cfg: TrainConfig, make_rows=task_rows, callbacks=()) -> Path:
     if cfg.item_warmup_steps:
         from .iteminit import item_token_ids
         extra.append(item_warmup_callback(model, item_token_ids(tokenizer, index), cfg.item_warmup_steps))
+    if cfg.history_unlikelihood:
+        from .iteminit import item_token_ids
+        trainer_cls.p5x_history_ul = (cfg.history_unlikelihood,
+                                      item_token_ids(tokenizer, index, "--history-unlikelihood"))
     trainer = trainer_cls(model=model, args=training_arguments(cfg), train_dataset=rows, data_collator=collator,
                           callbacks=extra + [make(featurizer) for make in callbacks])
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)

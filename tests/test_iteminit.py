@@ -151,6 +151,24 @@ def test_markov_untied_does_not_rank_an_item_after_itself():
     assert np.array_equal(vec, again[0]) and np.array_equal(query, again[1])
 
 
+def test_second_stage_keeps_its_start_when_no_pass_beats_it():
+    """The held-out choice counts the starting rows as pass 0: rows that already rank every held-out
+    answer first come back unchanged, with zero passes (it used to run at least one)."""
+    from p5x.iteminit import _fit_pairs
+
+    items = [f"it{k}" for k in range(12)]
+    train = {f"u{k}": [items[(k + j) % 12] for j in range(5)] for k in range(120)}
+    vec, query, _ = fit_markov(_split(train), items, 8, seed=0, epochs=30, lr=3e-2, two_tables=True)
+    src, dst = np.arange(12), (np.arange(12) + 1) % 12
+    start = (torch.from_numpy(query), torch.from_numpy(vec), 1.0)
+    e, q, passes, s = _fit_pairs(12, 8, src, dst, 0, torch.device("cpu"), 3e-2, 5, check=(src, dst), start=start,
+                                 self_weight=1.0)
+    assert passes == 0 and torch.equal(e, start[1]) and torch.equal(q, start[0]) and float(s) == 1.0
+    worse = (torch.from_numpy(vec), torch.from_numpy(vec), 1.0)  # tied: every item first after itself
+    assert _fit_pairs(12, 8, src, dst, 0, torch.device("cpu"), 3e-2, 5, check=(src, dst), start=worse,
+                      self_weight=1.0)[2] > 0
+
+
 def test_markov_reads_training_pairs_only():
     items = ["a", "b", "c", "d", "e"]
     base = {"u1": ["a", "b", "c"], "u2": ["b", "c"], "u3": ["c"]}

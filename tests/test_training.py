@@ -248,3 +248,75 @@ def test_dropout_flag_reaches_the_saved_model(toy_dir, tmp_path):
     for bad in (1.0, -0.5, 2.0):
         with pytest.raises(ConfigError, match="--dropout"):
             _cfg(toy_dir, tmp_path, dropout=bad).validate()
+
+
+def _ul_reference(step_logits, prompt_items, answer):
+    p = step_logits.softmax(-1)
+    return -sum(torch.log1p(-p[h]) for h in set(prompt_items) - {answer})
+
+
+def test_history_unlikelihood_matches_its_definition_in_both_layouts():
+    """-sum log(1 - p(h)) over the prompt's item tokens other than the answer, at the answer's
+    first token, averaged over rows whose answer is an item; the decoder-only layout (logits of the
+    last positions, left-padded labels over the whole row) gives the same number."""
+    from p5x.training import history_unlikelihood
+
+    g = torch.Generator().manual_seed(0)
+    v, items = 9, [4, 5, 6, 7, 8]
+    mask = torch.zeros(v, dtype=torch.bool)
+    mask[items] = True
+    prompts = [[2, 4, 5, 3], [4, 6, 3, 0], [5, 7, 8, 3]]  # 0 pad, 3 eos-like, 2 text
+    answers = [6, 6, 1]  # row 1's answer is in its prompt (not a negative); row 2 answers text (skipped)
+    step = torch.randn(3, v, generator=g)
+    want = (_ul_reference(step[0], [4, 5], 6) + _ul_reference(step[1], [4, 6], 6)) / 2
+    logits = torch.cat([step[:, None], torch.randn(3, 1, v, generator=g)], 1)
+    labels = torch.tensor([[a, 3] for a in answers])
+    got = history_unlikelihood(logits, labels, torch.tensor(prompts), mask)
+    assert torch.allclose(got, want)
+    # decoder-only: [pad.. prompt answer eos], labels -100 over the prompt; logits of the last 4 positions
+    rows = [[0] * (4 - len([t for t in p if t])) + [t for t in p if t] + [a, 3] for p, a in zip(prompts, answers)]
+    ids = torch.tensor(rows)
+    full = torch.full_like(ids, -100)
+    full[:, -2:] = ids[:, -2:]
+    last = torch.randn(3, 4, v, generator=g)
+    last[:, 1] = step  # position -3 (the prompt's last token) predicts the answer
+    got = history_unlikelihood(last, full, ids, mask, decoder_only=True)
+    assert torch.allclose(got, want)
+    none = history_unlikelihood(logits.requires_grad_(), torch.tensor([[1, 3]] * 3), torch.tensor(prompts), mask)
+    assert float(none) == 0.0 and none.requires_grad
+
+
+def test_history_unlikelihood_trains_history_items_down(toy_dir, toy_ds, tmp_path, capsys):
+    """Through train.py: with the term on, the trained model gives the prompt's own items less
+    probability at the answer than the same run without it; its mean is logged; bad values fail."""
+    from p5x.split import time_split
+    from p5x.training import history_unlikelihood
+
+    common = dict(tasks="sequential", index="atomic", item_init="markov", max_steps=60, save_steps=1000, logging_steps=10,
+                  lr=3e-3, max_source_len=128, max_target_len=8, batch_size=16)
+    mass = {}
+    for w in (0.0, 5.0):
+        out = train(_cfg(toy_dir, tmp_path / f"ul{w}", history_unlikelihood=w, **common))
+        ck = load_checkpoint(out, data=toy_ds)
+        hist = json.loads((out / "trainer_state.json").read_text())["log_history"]
+        assert any("loss/history_unlikelihood" in h for h in hist) == bool(w)
+        from p5x.iteminit import item_token_ids
+        ids = item_token_ids(ck.tokenizer, ck.index)
+        items = {ck.index.text(i): t for i, t in zip(ck.index.codes, ids)}
+        seqs = {u: [x.item_id for x in h] for u, h in time_split(toy_ds).train.items() if len(h) >= 3}
+        user = sorted(seqs)[:24]
+        texts = [f"user {ck.user_index.text(u)} bought " + " , ".join(ck.index.text(i) for i in seqs[u][:-1])
+                 + " . what next ?" for u in user]
+        answers = [items[ck.index.text(seqs[u][-1])] for u in user]
+        batch = ck.featurizer.encode_prompts(texts)
+        labels = torch.tensor([[a, ck.tokenizer.eos_token_id] for a in answers])
+        mask = torch.zeros(ck.model.backbone.get_output_embeddings().weight.shape[0], dtype=torch.bool)
+        mask[ids] = True
+        with torch.no_grad():
+            logits = ck.model(**batch, labels=labels).logits
+            mass[w] = float(history_unlikelihood(logits, labels, batch["input_ids"], mask))
+    assert mass[5.0] < 0.5 * mass[0.0], mass
+    assert main(["--history-unlikelihood", "1", "--index", "random"]) == 2
+    assert "--history-unlikelihood: needs --index atomic" in capsys.readouterr().err
+    assert main(["--history-unlikelihood", "-1", "--index", "atomic"]) == 2
+    assert "must be >= 0" in capsys.readouterr().err
