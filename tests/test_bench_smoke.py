@@ -331,6 +331,9 @@ def test_oneshot_ablation_goes_over_the_train_flags(tmp_path):
     # atomic ids whose embeddings start from a next-item fit on the training histories; item_init_cooc
     # is the co-occurrence start it replaced, index_atomic the random-init control
     assert (main["index"], main["item_init"], main["output_layer"]) == ("atomic", "markov-untied", "untied")
+    # since session 24 with an unlikelihood term on the prompt's own items; history_unlikelihood_0 drops it
+    assert main["history_unlikelihood"] == 5.0
+    assert load(REPO / "bench" / "beauty" / "config.json", "history_unlikelihood_0")[0]["history_unlikelihood"] == 0
     tied = load(REPO / "bench" / "beauty" / "config.json", "item_init_markov")[0]  # sessions 15-22's start
     assert (tied["item_init"], tied["output_layer"]) == ("markov", "tied")
     ctl = load(REPO / "bench" / "beauty" / "config.json", "index_atomic")[0]
