@@ -406,7 +406,7 @@ def _make_trainer_class():
                                           self._item_mask(item_ids, outputs.logits), self._decoder_only(model))
                 loss = loss + weight * ul
                 s, c = self.__dict__.setdefault("_fam_acc", {}).get("history_unlikelihood", (0.0, 0))
-                self._fam_acc["history_unlikelihood"] = (s + float(ul.detach()), c + 1)
+                self._fam_acc["history_unlikelihood"] = (s + ul.detach(), c + 1)  # summed on the device
             return (loss, outputs) if return_outputs else loss
 
         def _decoder_only(self, model):
@@ -422,9 +422,7 @@ def _make_trainer_class():
             return mask
 
         def _family_losses(self, logits, labels, task_ids, model):
-            if self._decoder_only(model):  # logits of the last positions only (P5XModel._answer_loss); t predicts t + 1
-                labels = labels[:, labels.shape[1] - logits.shape[1]:]
-                logits, labels = logits[:, :-1], labels[:, 1:]
+            logits, labels = answer_aligned(logits, labels, self._decoder_only(model))
             tok = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100,
                                                     reduction="none")
             n = (labels != -100).sum(1).clamp(min=1)
@@ -446,7 +444,7 @@ def _make_trainer_class():
         def log(self, logs, *args, **kwargs):
             acc = self.__dict__.pop("_fam_acc", {})
             if "loss" in logs:
-                logs.update({f"loss/{fam}": round(s / c, 4) for fam, (s, c) in acc.items()})
+                logs.update({f"loss/{fam}": round(float(s) / c, 4) for fam, (s, c) in acc.items()})
                 if self.__dict__.get("_tp") is not None:
                     logs.update(self._tp.interval(self.data_collator))
             else:
@@ -459,6 +457,16 @@ def _make_trainer_class():
                               state_dict)
 
     return P5XTrainer
+
+
+def answer_aligned(logits, labels, decoder_only: bool):
+    """(logits, labels) with logits[:, t] scoring labels[:, t]. Encoder-decoder: as the model gives
+    them. Decoder-only: the model gives the logits of the last positions only (P5XModel._answer_loss)
+    and position t predicts t + 1, so labels are cut to those positions and shifted."""
+    if decoder_only:
+        labels = labels[:, labels.shape[1] - logits.shape[1]:]
+        return logits[:, :-1], labels[:, 1:]
+    return logits, labels
 
 
 def history_unlikelihood(logits, labels, input_ids, item_mask, decoder_only: bool = False) -> torch.Tensor:
@@ -474,14 +482,10 @@ def history_unlikelihood(logits, labels, input_ids, item_mask, decoder_only: boo
     decoder-only the logits of the last positions, labels over the whole (left-padded) row.
     item_mask: bool [V], True at item tokens. Zero (with a graph) when no row qualifies.
     """
-    if decoder_only:
-        lab = labels[:, labels.shape[1] - logits.shape[1]:]
-        logits, lab = logits[:, :-1], lab[:, 1:]
-        first = (lab != -100).float().argmax(1)  # _answer_loss keeps the position before each answer
-        prompt = labels == -100
-    else:
-        lab, first = labels, torch.zeros(labels.shape[0], dtype=torch.long, device=labels.device)
-        prompt = torch.ones_like(input_ids, dtype=torch.bool)
+    logits, lab = answer_aligned(logits, labels, decoder_only)
+    # the answer's first position: 0 for an encoder-decoder; decoder-only, _answer_loss keeps its predictor
+    first = (lab != -100).float().argmax(1)
+    prompt = labels == -100 if decoder_only else torch.ones_like(input_ids, dtype=torch.bool)
     rows = torch.arange(lab.shape[0], device=lab.device)
     answer = lab[rows, first]
     ok = (answer >= 0) & item_mask[answer.clamp(min=0)]
