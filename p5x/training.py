@@ -422,17 +422,18 @@ def _make_trainer_class():
             return mask
 
         def _family_losses(self, logits, labels, task_ids, model):
+            """Each family's summed per-row mean token loss and row count, accumulated on the device
+            (one [families] vector each; read once per logging step, not synced every step)."""
             logits, labels = answer_aligned(logits, labels, self._decoder_only(model))
             tok = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100,
                                                     reduction="none")
-            n = (labels != -100).sum(1).clamp(min=1)
-            per_row = tok.sum(1) / n
-            acc = self.__dict__.setdefault("_fam_acc", {})
-            for fid, fam in enumerate(FAMILIES):
-                m = task_ids.to(per_row.device) == fid
-                if m.any():
-                    s, c = acc.get(fam, (0.0, 0))
-                    acc[fam] = (s + float(per_row[m].sum()), c + int(m.sum()))
+            per_row = tok.sum(1) / (labels != -100).sum(1).clamp(min=1)
+            fid = task_ids.to(per_row.device)
+            known = ((fid >= 0) & (fid < len(FAMILIES))).float()
+            fid = fid.clamp(0, len(FAMILIES) - 1)
+            zero = torch.zeros(len(FAMILIES), device=per_row.device)
+            s, c = self.__dict__.get("_fam_vec", (zero, zero))
+            self._fam_vec = (s.index_add(0, fid, per_row * known), c.index_add(0, fid, known))
 
         def _count_tokens(self, model, inputs):
             """Accumulate samples and (real, padded) tokens on the device: no host sync per step."""
@@ -443,12 +444,18 @@ def _make_trainer_class():
 
         def log(self, logs, *args, **kwargs):
             acc = self.__dict__.pop("_fam_acc", {})
+            vec = self.__dict__.pop("_fam_vec", None)
             if "loss" in logs:
+                if vec is not None:
+                    sums, counts = (t.tolist() for t in vec)
+                    logs.update({f"loss/{fam}": round(s / c, 4) for fam, s, c in zip(FAMILIES, sums, counts) if c})
                 logs.update({f"loss/{fam}": round(float(s) / c, 4) for fam, (s, c) in acc.items()})
                 if self.__dict__.get("_tp") is not None:
                     logs.update(self._tp.interval(self.data_collator))
             else:
                 self._fam_acc = acc
+                if vec is not None:
+                    self._fam_vec = vec
             super().log(logs, *args, **kwargs)
 
         def _save(self, output_dir=None, state_dict=None):
@@ -483,18 +490,20 @@ def history_unlikelihood(logits, labels, input_ids, item_mask, decoder_only: boo
     item_mask: bool [V], True at item tokens. Zero (with a graph) when no row qualifies.
     """
     logits, lab = answer_aligned(logits, labels, decoder_only)
-    # the answer's first position: 0 for an encoder-decoder; decoder-only, _answer_loss keeps its predictor
-    first = (lab != -100).float().argmax(1)
-    prompt = labels == -100 if decoder_only else torch.ones_like(input_ids, dtype=torch.bool)
-    rows = torch.arange(lab.shape[0], device=lab.device)
-    answer = lab[rows, first]
+    if decoder_only:  # the answer's first position: _answer_loss keeps its predictor, where it varies by row
+        first, rows = (lab != -100).float().argmax(1), torch.arange(lab.shape[0], device=lab.device)
+        answer, step = lab[rows, first], logits[rows, first].float()
+    else:  # always position 0 (labels are right-padded); a slice, cheaper to differentiate than a gather
+        answer, step = lab[:, 0], logits[:, 0].float()
     ok = (answer >= 0) & item_mask[answer.clamp(min=0)]
-    step = logits[rows, first].float()  # [B, V]: the scores of the answer's first token
-    in_prompt = (item_mask[input_ids] & prompt).float()
-    neg = torch.zeros_like(step).scatter_add_(1, input_ids.long(), in_prompt) > 0
-    neg[rows, answer.clamp(min=0)] = False
-    neg &= ok[:, None]
-    p = step.softmax(-1)
+    # the prompt's item tokens, each once: sorted with everything else as -1, repeats dropped.
+    # Only these [B, L] scores are gathered; the [B, V] work is one logsumexp.
+    ids = input_ids.long()
+    cand = item_mask[ids] & (labels == -100) if decoder_only else item_mask[ids]
+    ids = torch.where(cand, ids, -1).sort(1).values
+    neg = (ids >= 0) & (ids != answer[:, None]) & ok[:, None]
+    neg[:, 1:] &= ids[:, 1:] != ids[:, :-1]
+    p = (step.gather(1, ids.clamp(min=0)) - step.logsumexp(1, keepdim=True)).exp()
     per_row = -(torch.log1p(-p.clamp(max=1 - 1e-6)) * neg).sum(1)
     return per_row.sum() / ok.sum().clamp(min=1)
 

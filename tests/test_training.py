@@ -265,16 +265,19 @@ def test_history_unlikelihood_matches_its_definition_in_both_layouts():
     v, items = 9, [4, 5, 6, 7, 8]
     mask = torch.zeros(v, dtype=torch.bool)
     mask[items] = True
-    prompts = [[2, 4, 5, 3], [4, 6, 3, 0], [5, 7, 8, 3]]  # 0 pad, 3 eos-like, 2 text
+    prompts = [[4, 2, 5, 4, 3], [4, 6, 3, 0, 0], [5, 7, 8, 3, 0]]  # 0 pad, 3 eos-like, 2 text; row 0 repeats 4
     answers = [6, 6, 1]  # row 1's answer is in its prompt (not a negative); row 2 answers text (skipped)
-    step = torch.randn(3, v, generator=g)
-    want = (_ul_reference(step[0], [4, 5], 6) + _ul_reference(step[1], [4, 6], 6)) / 2
+    step = torch.randn(3, v, generator=g, requires_grad=True)
+    want = (_ul_reference(step[0], [4, 5, 4], 6) + _ul_reference(step[1], [4, 6], 6)) / 2
     logits = torch.cat([step[:, None], torch.randn(3, 1, v, generator=g)], 1)
     labels = torch.tensor([[a, 3] for a in answers])
     got = history_unlikelihood(logits, labels, torch.tensor(prompts), mask)
     assert torch.allclose(got, want)
+    # the gradient too (a repeated history item pushed down once, not twice)
+    assert torch.allclose(*(torch.autograd.grad(x, step, retain_graph=True)[0] for x in (got, want)))
+    step = step.detach()
     # decoder-only: [pad.. prompt answer eos], labels -100 over the prompt; logits of the last 4 positions
-    rows = [[0] * (4 - len([t for t in p if t])) + [t for t in p if t] + [a, 3] for p, a in zip(prompts, answers)]
+    rows = [[0] * (5 - len([t for t in p if t])) + [t for t in p if t] + [a, 3] for p, a in zip(prompts, answers)]
     ids = torch.tensor(rows)
     full = torch.full_like(ids, -100)
     full[:, -2:] = ids[:, -2:]
@@ -320,3 +323,32 @@ def test_history_unlikelihood_trains_history_items_down(toy_dir, toy_ds, tmp_pat
     assert "--history-unlikelihood: needs --index atomic" in capsys.readouterr().err
     assert main(["--history-unlikelihood", "-1", "--index", "atomic"]) == 2
     assert "must be >= 0" in capsys.readouterr().err
+
+
+def test_family_losses_accumulate_each_familys_row_mean():
+    """The per-family training loss (logged as loss/<family>) is the mean over the interval's rows of
+    each row's mean answer-token loss, kept apart by family; rows of no known family count nowhere."""
+    from types import SimpleNamespace
+
+    from p5x.tasks import FAMILIES
+    from p5x.training import _make_trainer_class
+
+    trainer = object.__new__(_make_trainer_class())
+    trainer.accelerator = SimpleNamespace(unwrap_model=lambda m: m)
+    model = SimpleNamespace(decoder_only=False)
+    g = torch.Generator().manual_seed(0)
+    want = {}
+    for _ in range(2):  # two steps in one logging interval
+        logits = torch.randn(4, 3, 7, generator=g)
+        labels = torch.tensor([[1, 2, -100], [3, -100, -100], [4, 5, 6], [2, 2, -100]])
+        tasks = torch.tensor([1, 2, 1, -1])
+        trainer._family_losses(logits, labels, tasks, model)
+        for r in range(3):
+            n = int((labels[r] != -100).sum())
+            row = float(torch.nn.functional.cross_entropy(logits[r, :n], labels[r, :n]))
+            want.setdefault(FAMILIES[int(tasks[r])], []).append(row)
+    sums, counts = (t.tolist() for t in trainer._fam_vec)
+    got = {fam: s / c for fam, s, c in zip(FAMILIES, sums, counts) if c}
+    assert got.keys() == want.keys() == {"sequential", "direct"}
+    for fam, rows in want.items():
+        assert got[fam] == pytest.approx(sum(rows) / len(rows), rel=1e-5)
