@@ -136,19 +136,24 @@ def one_token_beams(backbone, embeds: torch.Tensor, mask: torch.Tensor, trie: It
     enc = backbone.get_encoder()(inputs_embeds=embeds, attention_mask=mask)
     n, dev = mask.shape[0], mask.device
     start = torch.full((n, 1), backbone.config.decoder_start_token_id, dtype=torch.long, device=dev)
-    logits = backbone(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=start).logits[:, -1].float()
+    out = backbone(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=start, use_cache=True)
+    logits = out.logits[:, -1].float()
     if trie.device != logits.device:
         trie.to(logits.device)
     allowed = fit_width(trie.allowed_mask(trie.root_states(1)), logits.shape[1])
     first = torch.log_softmax(logits, -1).masked_fill(~allowed, float("-inf"))
     first = trie.mask_excluded(first, exclusion, trie.root_states(n), torch.arange(n, device=dev))
     top, items = first.topk(beams, dim=-1)  # [n, beams]
-    # second step for every kept beam: the decoder re-reads (start, item), two positions
+    # second step for every kept beam: only the item position is decoded, over the first step's
+    # cache (its self-attention state and the cross-attention keys of the encoder, projected once per
+    # prompt rather than once per beam), so the vocabulary projection runs on one position, not two
+    cache = out.cache
+    cache.batch_repeat_interleave(beams)
     hidden = enc.last_hidden_state.repeat_interleave(beams, 0)
-    dec = torch.cat([start.repeat_interleave(beams, 0), items.reshape(-1, 1)], 1)
     logits2 = backbone(encoder_outputs=(hidden,), attention_mask=mask.repeat_interleave(beams, 0),
-                       decoder_input_ids=dec).logits[:, -1].float()
-    total = top + torch.log_softmax(logits2, -1)[:, trie.eos_id].view(n, beams)
+                       decoder_input_ids=items.reshape(-1, 1), cache=cache, use_cache=True).logits[:, -1].float()
+    # log P(eos | item): only its column of the log-softmax is needed
+    total = top + (logits2[:, trie.eos_id] - logits2.logsumexp(-1)).view(n, beams)
     order = total.argsort(dim=-1, descending=True, stable=True)
     items = items.gather(1, order).reshape(-1, 1)
     eos = torch.full_like(items, trie.eos_id)
