@@ -57,6 +57,8 @@ class ItemTrie:
         depth, parent, in_token = [0], [-1], [-1]
         items: set[tuple[int, ...]] = set()
         self._leaf_of_name: dict[str, int] = {}
+        self._name_of_token: dict[int, object] = {}  # one-token items (token, eos): token -> name
+        self._root_mask: torch.Tensor | None = None
         for k, seq in enumerate(sequences):
             seq = [int(t) for t in seq]
             if not seq or seq[-1] != self.eos_id:
@@ -79,6 +81,8 @@ class ItemTrie:
                 node = nxt
             if names is not None:
                 self._leaf_of_name[str(names[k])] = node
+                if len(seq) == 2:
+                    self._name_of_token[seq[0]] = names[k]
         self.num_items = len(items)
         # per node: its parent, the token on the edge into it, and how many items end below it
         self._parent, self._in_token = parent, in_token
@@ -118,6 +122,19 @@ class ItemTrie:
 
     def root_states(self, n: int) -> torch.Tensor:
         return torch.zeros(n, dtype=torch.long, device=self.device)
+
+    def root_mask(self) -> torch.Tensor:
+        """`allowed_mask` at the root ([1, vocab]: every item's first token), built once per device."""
+        if self._root_mask is None or self._root_mask.device != self.device:
+            self._root_mask = self.allowed_mask(self.root_states(1))
+        return self._root_mask
+
+    def names_of_tokens(self, tokens: Sequence[int]) -> list | None:
+        """The names of one-token items (an item that is `token`, eos) for each of `tokens`, None for a
+        token that is no such item; None altogether when the trie was built without names."""
+        if not self._name_of_token:
+            return None
+        return [self._name_of_token.get(t) for t in tokens]
 
     def contains(self, seq) -> bool:
         """Whether `seq` (ending in eos) is exactly one item's sequence."""

@@ -100,14 +100,17 @@ def rank_items(ckpt, prompts: Sequence[str], trie: ItemTrie, beams: int = 20, ba
             ids = ckpt.model.generate(**batch, max_new_tokens=trie.max_len, num_beams=beams,
                                       num_return_sequences=beams, do_sample=False, early_stopping=True,
                                       logits_processor=[proc], pad_token_id=ckpt.tokenizer.pad_token_id)
-        texts = ckpt.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        # one-token ids: the item token names the item (no detokenizing); otherwise decode and look up
+        named = trie.names_of_tokens(ids[:, 1].tolist()) if one_token else None
+        if named is None:
+            named = [ckpt.index.lookup(t.replace(" ", ""))
+                     for t in ckpt.tokenizer.batch_decode(ids, skip_special_tokens=True)]
         for r in range(e - s):
             row, seen = [], set()
             # a prompt left with fewer items than beams fills its other beams with what the mask
             # forbade (score -inf): dropped, and not counted as the model's invalid output
             short = banned is not None and trie.num_items - trie.count_named(banned[r]) < beams
-            for t in texts[r * beams:(r + 1) * beams]:
-                item = ckpt.index.lookup(t.replace(" ", ""))
+            for item in named[r * beams:(r + 1) * beams]:
                 if banned is not None and item in banned:
                     continue
                 if item is None:
@@ -140,7 +143,7 @@ def one_token_beams(backbone, embeds: torch.Tensor, mask: torch.Tensor, trie: It
     logits = out.logits[:, -1].float()
     if trie.device != logits.device:
         trie.to(logits.device)
-    allowed = fit_width(trie.allowed_mask(trie.root_states(1)), logits.shape[1])
+    allowed = fit_width(trie.root_mask(), logits.shape[1])
     first = torch.log_softmax(logits, -1).masked_fill(~allowed, float("-inf"))
     first = trie.mask_excluded(first, exclusion, trie.root_states(n), torch.arange(n, device=dev))
     top, items = first.topk(beams, dim=-1)  # [n, beams]

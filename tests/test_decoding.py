@@ -290,3 +290,15 @@ def test_exclusion_decodes_as_a_catalogue_without_the_banned_items(backbone):
         rest = [s for s in items if tuple(s) not in banned[k]]
         want = search(ItemTrie(rest, eos_id=EOS, vocab_size=VOCAB, pad_id=PAD), prompts[k:k + 1])[0]
         assert got[k] == want
+
+
+def test_one_token_names_and_the_root_mask():
+    """names_of_tokens names one-token items (token, eos) and nothing else; the root mask is
+    allowed_mask at the root, built once."""
+    trie = ItemTrie([[5, 1], [6, 1], [7, 8, 1]], eos_id=1, vocab_size=10, pad_id=0, names=["a", "b", "c"])
+    assert trie.names_of_tokens([6, 5, 7, 3]) == ["b", "a", None, None]
+    assert ItemTrie([[5, 1]], eos_id=1, vocab_size=10).names_of_tokens([5]) is None
+    root = trie.root_mask()
+    assert torch.equal(root, trie.allowed_mask(trie.root_states(1)))
+    assert root[0].nonzero().flatten().tolist() == [5, 6, 7]
+    assert trie.root_mask() is root
