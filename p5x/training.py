@@ -378,6 +378,10 @@ def lora_kwargs(cfg: TrainConfig) -> dict:
 
 # -- the Trainer ----------------------------------------------------------------------------------
 
+# the training losses logged as loss/<name> besides the total: each family's mean row loss, and the term
+LOGGED_LOSSES = (*FAMILIES, "history_unlikelihood")
+
+
 def _make_trainer_class():
     from transformers import Trainer
 
@@ -405,8 +409,8 @@ def _make_trainer_class():
                 ul = history_unlikelihood(outputs.logits, inputs["labels"], inputs["input_ids"],
                                           self._item_mask(item_ids, outputs.logits), self._decoder_only(model))
                 loss = loss + weight * ul
-                s, c = self.__dict__.setdefault("_fam_acc", {}).get("history_unlikelihood", (0.0, 0))
-                self._fam_acc["history_unlikelihood"] = (s + ul.detach(), c + 1)  # summed on the device
+                slot = torch.full((1,), LOGGED_LOSSES.index("history_unlikelihood"), device=ul.device)
+                self._accumulate(slot, ul.detach().reshape(1), torch.ones(1, device=ul.device))
             return (loss, outputs) if return_outputs else loss
 
         def _decoder_only(self, model):
@@ -431,10 +435,14 @@ def _make_trainer_class():
             per_row = tok.sum(1) / (labels != -100).sum(1).clamp(min=1)
             fid = task_ids.to(per_row.device)
             known = ((fid >= 0) & (fid < len(FAMILIES))).float()
-            fid = fid.clamp(0, len(FAMILIES) - 1)
-            zero = torch.zeros(len(FAMILIES), device=per_row.device)
-            s, c = self.__dict__.get("_fam_vec", (zero, zero))
-            self._fam_vec = (s.index_add(0, fid, per_row * known), c.index_add(0, fid, known))
+            self._accumulate(fid.clamp(0, len(FAMILIES) - 1), per_row * known, known)
+
+        def _accumulate(self, slots, values, counts):
+            """Add values and counts at slots of LOGGED_LOSSES: one sum and one count vector on the
+            device, read once per logging step (no host sync per training step)."""
+            zero = torch.zeros(len(LOGGED_LOSSES), device=values.device)
+            s, c = self.__dict__.get("_loss_acc", (zero, zero))
+            self._loss_acc = (s.index_add(0, slots, values.float()), c.index_add(0, slots, counts))
 
         def _count_tokens(self, model, inputs):
             """Accumulate samples and (real, padded) tokens on the device: no host sync per step."""
@@ -444,19 +452,16 @@ def _make_trainer_class():
             tp.add(inputs, self._decoder_only(model))
 
         def log(self, logs, *args, **kwargs):
-            acc = self.__dict__.pop("_fam_acc", {})
-            vec = self.__dict__.pop("_fam_vec", None)
+            acc = self.__dict__.pop("_loss_acc", None)
             if "loss" in logs:
-                if vec is not None:
-                    sums, counts = (t.tolist() for t in vec)
-                    logs.update({f"loss/{fam}": round(s / c, 4) for fam, s, c in zip(FAMILIES, sums, counts) if c})
-                logs.update({f"loss/{fam}": round(float(s) / c, 4) for fam, (s, c) in acc.items()})
+                if acc is not None:
+                    sums, counts = (t.tolist() for t in acc)
+                    logs.update({f"loss/{name}": round(s / c, 4)
+                                 for name, s, c in zip(LOGGED_LOSSES, sums, counts) if c})
                 if self.__dict__.get("_tp") is not None:
                     logs.update(self._tp.interval(self.data_collator))
-            else:
-                self._fam_acc = acc
-                if vec is not None:
-                    self._fam_vec = vec
+            elif acc is not None:
+                self._loss_acc = acc
             super().log(logs, *args, **kwargs)
 
         def _save(self, output_dir=None, state_dict=None):
@@ -500,7 +505,9 @@ def history_unlikelihood(logits, labels, input_ids, item_mask, decoder_only: boo
     # the prompt's item tokens, each once: sorted with everything else as -1, repeats dropped.
     # Only these [B, L] scores are gathered; the [B, V] work is one logsumexp.
     ids = input_ids.long()
-    cand = item_mask[ids] & (labels == -100) if decoder_only else item_mask[ids]
+    cand = item_mask[ids]
+    if decoder_only:
+        cand &= labels == -100  # the prompt part of the row, not the answer
     ids = torch.where(cand, ids, -1).sort(1).values
     neg = (ids >= 0) & (ids != answer[:, None]) & ok[:, None]
     neg[:, 1:] &= ids[:, 1:] != ids[:, :-1]

@@ -347,7 +347,7 @@ def test_family_losses_accumulate_each_familys_row_mean():
             n = int((labels[r] != -100).sum())
             row = float(torch.nn.functional.cross_entropy(logits[r, :n], labels[r, :n]))
             want.setdefault(FAMILIES[int(tasks[r])], []).append(row)
-    sums, counts = (t.tolist() for t in trainer._fam_vec)
+    sums, counts = (t.tolist() for t in trainer._loss_acc)
     got = {fam: s / c for fam, s, c in zip(FAMILIES, sums, counts) if c}
     assert got.keys() == want.keys() == {"sequential", "direct"}
     for fam, rows in want.items():
