@@ -189,6 +189,21 @@ def apply_lora(backbone, rank: int = 8, alpha: int = 16, dropout: float = 0.05, 
     return get_peft_model(backbone, cfg)
 
 
+def _with_token_loss(out, logits, labels, rows: bool):
+    """out with .loss, the mean cross-entropy over the answer tokens (labels != -100, logits[:, t]
+    scoring labels[:, t]), and with `rows` also out["row_loss"], each row's mean of the same token
+    losses (detached, [B]): one cross-entropy serves both the gradient and the per-family logging.
+    row_loss is an item, not an attribute, so it survives accelerate's fp32 conversion of outputs;
+    it is added in training only, where nothing reads the outputs as a tuple."""
+    tok = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                            ignore_index=-100, reduction="none").view(labels.shape)
+    n = (labels != -100).sum(1)
+    out.loss = tok.sum() / n.sum().clamp(min=1)
+    if rows:
+        out["row_loss"] = tok.detach().sum(1) / n.clamp(min=1)
+    return out
+
+
 class P5XModel(nn.Module):
     """A stock HF backbone plus `word_embed` (nn.Embedding(max_words, d_model, padding_idx=0) or None)."""
 
@@ -242,9 +257,15 @@ class P5XModel(nn.Module):
             if self.decoder_only:
                 raise ConfigError("decoder_input_ids: a decoder-only model has no decoder inputs")
             extra["decoder_input_ids"] = decoder_input_ids
-        if self.decoder_only and labels is not None:
+        if labels is None:
+            return self.backbone(inputs_embeds=embeds, attention_mask=attention_mask, **extra)
+        if self.decoder_only:
             return self._answer_loss(embeds, attention_mask, labels, extra)
-        return self.backbone(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **extra)
+        # the loss computed here rather than by the backbone: the same token mean, plus each row's
+        # mean (row_loss) from the same cross-entropy, which the trainer logs per family
+        extra.setdefault("decoder_input_ids", self.backbone.prepare_decoder_input_ids_from_labels(labels=labels))
+        out = self.backbone(inputs_embeds=embeds, attention_mask=attention_mask, **extra)
+        return _with_token_loss(out, out.logits, labels, self.training)
 
     def _answer_loss(self, embeds, attention_mask, labels, extra):
         """Decoder-only training: vocabulary logits only from the position before the batch's first
@@ -255,10 +276,7 @@ class P5XModel(nn.Module):
         first = int(seen.float().argmax()) if bool(seen.any()) else labels.shape[1] - 1
         keep = labels.shape[1] - max(first, 1) + 1
         out = self.backbone(inputs_embeds=embeds, attention_mask=attention_mask, logits_to_keep=keep, **extra)
-        logits, tgt = out.logits[:, :-1], labels[:, labels.shape[1] - keep + 1:]
-        out.loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tgt.reshape(-1),
-                                                     ignore_index=-100)
-        return out
+        return _with_token_loss(out, out.logits[:, :-1], labels[:, labels.shape[1] - keep + 1:], self.training)
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask, whole_word_ids=None, **generate_kwargs):

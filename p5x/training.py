@@ -403,7 +403,7 @@ def _make_trainer_class():
             outputs = model(**inputs)
             loss = outputs.loss
             if task_ids is not None and model.training:
-                self._family_losses(outputs.logits.detach(), inputs["labels"], task_ids, model)
+                self._family_losses(outputs["row_loss"], task_ids)
             weight, item_ids = self.p5x_history_ul
             if weight and model.training:
                 ul = history_unlikelihood(outputs.logits, inputs["labels"], inputs["input_ids"],
@@ -425,17 +425,13 @@ def _make_trainer_class():
                 self._items = mask
             return mask
 
-        def _family_losses(self, logits, labels, task_ids, model):
-            """Each family's summed per-row mean token loss and row count, accumulated on the device
-            (one [families] vector each; read once per logging step, not synced every step)."""
-            logits, labels = answer_aligned(logits, labels, self._decoder_only(model))
-            # over [B*T, V] rows: the class-in-dim-1 layout ([B, V, T], a transpose) was several times slower on CPU
-            tok = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                                    ignore_index=-100, reduction="none").view(labels.shape)
-            per_row = tok.sum(1) / (labels != -100).sum(1).clamp(min=1)
-            fid = task_ids.to(per_row.device)
+        def _family_losses(self, row_loss, task_ids):
+            """Each family's summed per-row mean token loss (the model's row_loss, from the same
+            cross-entropy as the loss) and row count, accumulated on the device (one [families]
+            vector each; read once per logging step, not synced every step)."""
+            fid = task_ids.to(row_loss.device)
             known = ((fid >= 0) & (fid < len(FAMILIES))).float()
-            self._accumulate(fid.clamp(0, len(FAMILIES) - 1), per_row * known, known)
+            self._accumulate(fid.clamp(0, len(FAMILIES) - 1), row_loss * known, known)
 
         def _accumulate(self, slots, values, counts):
             """Add values and counts at slots of LOGGED_LOSSES: one sum and one count vector on the

@@ -104,6 +104,30 @@ def test_decoder_only_loss_from_kept_logits_equals_the_backbones_loss(tok, side)
     assert torch.allclose(out.logits, ref.logits[:, -out.logits.shape[1]:], atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["t5-tiny", "llama-tiny"])
+def test_loss_and_row_losses_come_from_one_cross_entropy(tok, name):
+    """The model computes its training loss itself: the backbone's own token-mean loss, plus each
+    row's mean token loss (row_loss, what the trainer logs per family) from the same cross-entropy."""
+    m = _model(name, tok)
+    b = _batch(Featurizer(tok, decoder_only=m.decoder_only))
+    assert "row_loss" not in m(**b)  # evaluation outputs stay the backbone's fields
+    m.train()  # row_loss is a training output; the same dropout draws for both passes
+    torch.manual_seed(1)
+    out = m(**b)
+    embeds = m.embed(b["input_ids"], b["whole_word_ids"])
+    extra = {"position_ids": m._positions(b["attention_mask"])} if m.decoder_only else {}
+    torch.manual_seed(1)
+    ref = m.backbone(inputs_embeds=embeds, attention_mask=b["attention_mask"], labels=b["labels"], **extra)
+    assert torch.allclose(out.loss, ref.loss, atol=1e-5)
+    logits, labels = (ref.logits[:, :-1], b["labels"][:, 1:]) if m.decoder_only else (ref.logits, b["labels"])
+    rows = [torch.nn.functional.cross_entropy(logits[r][labels[r] != -100], labels[r][labels[r] != -100])
+            for r in range(len(ROWS))]
+    row_loss = out["row_loss"]
+    assert row_loss.shape == (len(ROWS),) and not row_loss.requires_grad
+    assert torch.allclose(row_loss, torch.stack(rows), atol=1e-5)
+    assert not torch.allclose(row_loss[0], row_loss[1])  # rows kept apart, not one mean repeated
+
+
 def test_generate_returns_new_tokens_only(tok):
     m = _model("llama-tiny", tok)
     f = Featurizer(tok, decoder_only=True)
