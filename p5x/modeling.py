@@ -189,6 +189,16 @@ def apply_lora(backbone, rank: int = 8, alpha: int = 16, dropout: float = 0.05, 
     return get_peft_model(backbone, cfg)
 
 
+def answer_aligned(logits, labels, decoder_only: bool):
+    """(logits, labels) with logits[:, t] scoring labels[:, t]. Encoder-decoder: as the model gives
+    them. Decoder-only: the model gives the logits of the last positions only (P5XModel._answer_loss)
+    and position t predicts t + 1, so labels are cut to those positions and shifted."""
+    if decoder_only:
+        labels = labels[:, labels.shape[1] - logits.shape[1]:]
+        return logits[:, :-1], labels[:, 1:]
+    return logits, labels
+
+
 def _with_token_loss(out, logits, labels, rows: bool):
     """out with .loss, the mean cross-entropy over the answer tokens (labels != -100, logits[:, t]
     scoring labels[:, t]), and with `rows` also out["row_loss"], each row's mean of the same token
@@ -276,7 +286,7 @@ class P5XModel(nn.Module):
         first = int(seen.float().argmax()) if bool(seen.any()) else labels.shape[1] - 1
         keep = labels.shape[1] - max(first, 1) + 1
         out = self.backbone(inputs_embeds=embeds, attention_mask=attention_mask, logits_to_keep=keep, **extra)
-        return _with_token_loss(out, out.logits[:, :-1], labels[:, labels.shape[1] - keep + 1:], self.training)
+        return _with_token_loss(out, *answer_aligned(out.logits, labels, True), self.training)
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask, whole_word_ids=None, **generate_kwargs):

@@ -23,7 +23,7 @@ import torch
 from .errors import ConfigError, P5XError
 from .features import word_numbering_problem
 from .indexing import METHODS
-from .modeling import BACKBONES
+from .modeling import BACKBONES, answer_aligned
 from .tasks import EXTRA_FAMILIES, FAMILIES, TRAIN_COUNTS, parse_kind_counts
 
 _COUNTS_HELP = "; ".join(f"{f}: " + ", ".join(f"{k} {n}" for k, n in c.items()) for f, c in TRAIN_COUNTS.items())
@@ -466,16 +466,6 @@ def _make_trainer_class():
                               state_dict)
 
     return P5XTrainer
-
-
-def answer_aligned(logits, labels, decoder_only: bool):
-    """(logits, labels) with logits[:, t] scoring labels[:, t]. Encoder-decoder: as the model gives
-    them. Decoder-only: the model gives the logits of the last positions only (P5XModel._answer_loss)
-    and position t predicts t + 1, so labels are cut to those positions and shifted."""
-    if decoder_only:
-        labels = labels[:, labels.shape[1] - logits.shape[1]:]
-        return logits[:, :-1], labels[:, 1:]
-    return logits, labels
 
 
 def history_unlikelihood(logits, labels, input_ids, item_mask, decoder_only: bool = False) -> torch.Tensor:
