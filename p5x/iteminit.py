@@ -40,6 +40,9 @@ are scaled to the embedding table's own standard deviation, so a pretrained tabl
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -260,9 +263,116 @@ def fit_markov(split: Split, items: list[str], dim: int, seed: int = 0, device=N
 
 
 def item_vectors(method: str, split: Split, items: list[str], dim: int, seed: int = 0, device=None,
-                 progress: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+                 progress: bool = False, cache: str | Path | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """(input rows, output rows), each [len(items), dim] float32, of `method`; output None for the
-    tied methods (cooc, markov: one table serves both); zero rows are left alone."""
+    tied methods (cooc, markov: one table serves both); zero rows are left alone.
+
+    `cache`: a folder (cache_dir() gives the default) where the rows are kept, keyed on everything
+    the fit reads (cache_key); a second run of the same method, data, seed, width and device loads
+    them instead of fitting again. None: no cache."""
+    if cache is None:
+        return _item_vectors(method, split, items, dim, seed, device, progress)
+    path = Path(cache) / "item_init" / f"{method}-{cache_key(method, split, items, dim, seed, device)}.safetensors"
+    got = _read_cached(path, len(items), dim)
+    if got is not None:
+        if progress:
+            print(f"item rows ({method}) loaded from the cache: {path}", file=sys.stderr)
+        return got
+    vec_in, vec_out = _item_vectors(method, split, items, dim, seed, device, progress)
+    if _write_cached(path, vec_in, vec_out, method) and progress:
+        print(f"item rows ({method}) cached for the next run: {path}", file=sys.stderr)
+    return vec_in, vec_out
+
+
+CACHE_VERSION = 1  # bump when a fit gives other rows for the same inputs (its code, not its constants, changed)
+CACHE_ENV = "P5X_CACHE_DIR"
+
+
+def cache_dir(setting: str | None = None) -> Path | None:
+    """The folder --item-init keeps its fitted rows in: `setting` if given ("off": none), else
+    $P5X_CACHE_DIR ("off" there too), else ~/.cache/p5x."""
+    import os
+
+    value = setting or os.environ.get(CACHE_ENV) or str(Path.home() / ".cache" / "p5x")
+    return None if value == "off" else Path(value).expanduser()
+
+
+def cache_key(method: str, split: Split, items: list[str], dim: int, seed: int = 0, device=None) -> str:
+    """Hex digest of what `method`'s rows depend on: the item order, every consecutive pair of the
+    training histories (in order, with which one is each sequence's last), the width, the seed, the
+    device type (a GPU's float sums differ from the CPU's), this module's constants and CACHE_VERSION."""
+    import hashlib
+    import json
+
+    from .baselines import training_pairs
+
+    src, dst, last = training_pairs(split, items)
+    consts = {k: v for k, v in globals().items() if k.isupper() and isinstance(v, (int, float, str, tuple))}
+    head = {"method": method, "dim": int(dim), "seed": int(seed), "n": len(items), "constants": consts,
+            "device": torch.device(device or "cpu").type, "version": CACHE_VERSION}
+    h = hashlib.sha256(json.dumps(head, sort_keys=True, default=str).encode())
+    h.update("\0".join(items).encode())
+    if method == "cooc":  # cooc reads whole training sequences, not only their pairs
+        for xs in split.train.values():
+            h.update(("\0".join(x.item_id for x in xs) + "\n").encode())
+    for a in (src, dst, last):
+        h.update(a.tobytes())
+    return h.hexdigest()[:32]
+
+
+def _read_cached(path: Path, n: int, dim: int):
+    """The cached (input, output) rows at `path`, or None when it is missing or not what is expected
+    (another shape, a damaged file: a warning, then the rows are fitted again)."""
+    if not path.is_file():
+        return None
+    from safetensors.numpy import load_file
+
+    try:
+        t = load_file(str(path))
+        vec_in, vec_out = t["input"], t.get("output")
+        for v in (vec_in, vec_out):
+            if v is not None and (v.shape != (n, dim) or v.dtype != np.float32):
+                raise ValueError(f"shape {v.shape} {v.dtype}, expected ({n}, {dim}) float32")
+    except Exception as e:  # noqa: BLE001 - a damaged cache entry is refitted, never trusted
+        import warnings
+
+        warnings.warn(f"{path}: cached item rows unreadable ({e}); fitting them again", stacklevel=3)
+        return None
+    return vec_in, vec_out
+
+
+def _write_cached(path: Path, vec_in: np.ndarray, vec_out: np.ndarray | None, method: str) -> bool:
+    """Write the rows as safetensors through a temp file and a rename; True when written. A cache
+    that cannot be written (read-only home, full disk) only warns."""
+    import os
+    import tempfile
+
+    from safetensors.numpy import save_file
+
+    tensors = {"input": np.ascontiguousarray(vec_in, dtype=np.float32)}
+    if vec_out is not None:
+        tensors["output"] = np.ascontiguousarray(vec_out, dtype=np.float32)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.close(fd)
+        save_file(tensors, tmp, metadata={"format": "p5x-item-init", "method": method,
+                                          "version": str(CACHE_VERSION)})
+        os.replace(tmp, path)
+    except OSError as e:
+        import warnings
+
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        warnings.warn(f"{path}: could not cache the fitted item rows ({e})", stacklevel=3)
+        return False
+    return True
+
+
+def _item_vectors(method: str, split: Split, items: list[str], dim: int, seed: int = 0, device=None,
+                  progress: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """item_vectors without the cache."""
     if method == "cooc":
         return cooccurrence_vectors(split, items, dim, seed, device), None
     if method == "markov":
@@ -295,11 +405,12 @@ def item_tables(model) -> list:
 
 
 def init_item_embeddings(model, tokenizer, index, split: Split, seed: int = 0, device=None,
-                         method: str = "cooc", progress: bool = False) -> int:
+                         method: str = "cooc", progress: bool = False, cache: str | Path | None = None) -> int:
     """Overwrite the embedding row of every item token (atomic ids: one piece per item) with its
     `method` vector (cooc, markov or markov-untied), scaled to the table's standard deviation; returns
     how many rows changed. An untied output layer gets the same vectors in its item rows (markov-untied:
-    the answer rows), scaled to its own deviation. `device`: a GPU for the eigendecomposition or the Markov fit, or None for the CPU."""
+    the answer rows), scaled to its own deviation. `device`: a GPU for the eigendecomposition or the Markov fit, or None for the CPU.
+    `cache`: a folder to keep and reuse the fitted rows in (item_vectors), or None."""
     ids = item_token_ids(tokenizer, index, f"--item-init {method}")
     items = list(index.codes)
     targets = item_tables(model)
@@ -307,7 +418,7 @@ def init_item_embeddings(model, tokenizer, index, split: Split, seed: int = 0, d
         raise ConfigError("--item-init markov-untied: needs an untied output layer (--output-layer untied); "
                           "this backbone scores its output with the input table")
     table = targets[0]
-    vec_in, vec_out = item_vectors(method, split, items, table.shape[1], seed, device, progress)
+    vec_in, vec_out = item_vectors(method, split, items, table.shape[1], seed, device, progress, cache)
     vecs = [torch.from_numpy(vec_in)] + [torch.from_numpy(vec_in if vec_out is None else vec_out)] * (len(targets) - 1)
     has = vecs[0].abs().sum(1) > 0
     for v in vecs[1:]:

@@ -61,6 +61,11 @@ class TrainConfig:
                                                    "row per item in the input table and a target row in the output "
                                                    "layer; needs --output-layer untied); p5x.iteminit; all need "
                                                    "--index atomic"})
+    item_init_cache: str = field(default="", metadata={"help": "folder where --item-init keeps its fitted rows, "
+                                                    "keyed on the training histories, item order, seed, width "
+                                                    "and device, so a second run on the same data skips the "
+                                                    "fit (minutes on a CPU); empty: $P5X_CACHE_DIR, else "
+                                                    "~/.cache/p5x; off: fit every time"})
     item_warmup_steps: int = field(default=0, metadata={"help": "with --index atomic: scale every update of the "
                                                         "item-token rows by step/N over the first N steps (0: "
                                                         "off) while the rest of the model trains as usual; on "
@@ -898,13 +903,13 @@ def train(cfg: TrainConfig, make_rows=task_rows, callbacks=()) -> Path:
     model = build_model(cfg, spec, tokenizer)
     init_s = 0.0  # seconds spent fitting the item rows (throughput.json: not start-up a resumed stage pays)
     if cfg.item_init != "random" and resume_from is None:  # resumed: the checkpoint's trained rows are loaded
-        from .iteminit import init_item_embeddings
+        from .iteminit import cache_dir, init_item_embeddings
         from .split import time_split
 
         t0 = time.perf_counter()
         gpu = "cuda" if torch.cuda.is_available() and not cfg.use_cpu else None  # eigh / Markov fit there: seconds
         n = init_item_embeddings(model, tokenizer, index, time_split(ds), cfg.seed, gpu, cfg.item_init,
-                                 progress=True)
+                                 progress=True, cache=cache_dir(cfg.item_init_cache))
         source = {"cooc": "training co-occurrence", "markov": "a next-item model of the training histories",
                   "markov-untied": "a next-item model of the training histories (input and output rows)"}
         init_s = time.perf_counter() - t0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -187,6 +189,74 @@ def test_markov_reads_training_pairs_only():
     assert not empty[0].any() and not empty[1].any()
 
 
+def test_fitted_rows_are_cached_and_refitted_when_what_they_read_changes(tmp_path, monkeypatch):
+    """item_vectors(cache=DIR): the first call fits and writes safetensors, the same call again loads
+    the same rows without fitting; another seed, width, device type or a changed training history is
+    another key; a damaged entry warns and is fitted again; cache None writes nothing."""
+    import p5x.iteminit as it
+
+    items = ["a", "b", "c", "d"]
+    data = _split({"u1": ["a", "b", "c"], "u2": ["b", "c", "d"], "u3": ["a", "c"]}, valid={"u1": "d"})
+    fits = []
+    real = it._item_vectors
+
+    def counted(*a, **k):
+        fits.append(a[0])
+        return real(*a, **k)
+
+    monkeypatch.setattr(it, "_item_vectors", counted)
+    for method in ("cooc", "markov", "markov-untied"):
+        first = it.item_vectors(method, data, items, 4, seed=1, cache=tmp_path)
+        again = it.item_vectors(method, data, items, 4, seed=1, cache=tmp_path)
+        assert fits == [method], fits  # the second call read the file
+        assert np.array_equal(first[0], again[0])
+        assert (first[1] is None) == (again[1] is None) == (method != "markov-untied")
+        if first[1] is not None:
+            assert np.array_equal(first[1], again[1])
+        fits.clear()
+    files = sorted(p.name for p in (tmp_path / "item_init").iterdir())
+    assert len(files) == 3 and all(f.endswith(".safetensors") for f in files)  # no temp file left behind
+
+    key = it.cache_key("markov", data, items, 4, seed=1)
+    assert key == it.cache_key("markov", _split({"u1": ["a", "b", "c"], "u2": ["b", "c", "d"], "u3": ["a", "c"]},
+                                                 test={"u2": "a"}), items, 4, seed=1)  # held-out items: same key
+    for other in (it.cache_key("markov", data, items, 4, seed=2), it.cache_key("markov", data, items, 8, seed=1),
+                  it.cache_key("markov", data, items, 4, seed=1, device="cuda"),
+                  it.cache_key("markov", data, items[::-1], 4, seed=1),
+                  it.cache_key("markov", _split({"u1": ["a", "b", "c"], "u2": ["b", "d", "c"], "u3": ["a", "c"]}),
+                               items, 4, seed=1)):
+        assert other != key
+    with monkeypatch.context() as m:
+        m.setattr(it, "MARKOV_PATIENCE", 3)  # the fit's constants are part of the key
+        assert it.cache_key("markov", data, items, 4, seed=1) != key
+
+    entry = tmp_path / "item_init" / f"markov-{key}.safetensors"
+    entry.write_bytes(b"not a safetensors file")
+    with pytest.warns(UserWarning, match="unreadable"):
+        refit = it.item_vectors("markov", data, items, 4, seed=1, cache=tmp_path)
+    assert fits == ["markov"] and refit[0].shape == (4, 4)
+    assert it.item_vectors("markov", data, items, 4, seed=1, cache=tmp_path)[0].shape == (4, 4)
+    assert fits == ["markov"]  # the refit was written back
+    before = sorted((tmp_path / "item_init").iterdir())
+    it.item_vectors("markov", data, items, 4, seed=2)  # no cache: fitted, and nothing written anywhere
+    assert fits == ["markov"] * 2 and sorted((tmp_path / "item_init").iterdir()) == before
+    assert not any(Path(os.environ["P5X_CACHE_DIR"]).iterdir())
+
+
+def test_cache_dir_setting_then_environment_then_home(monkeypatch, tmp_path):
+    from p5x.iteminit import cache_dir
+
+    monkeypatch.setenv("P5X_CACHE_DIR", str(tmp_path / "env"))
+    assert cache_dir() == tmp_path / "env"
+    assert cache_dir(str(tmp_path / "flag")) == tmp_path / "flag"
+    assert cache_dir("off") is None
+    monkeypatch.setenv("P5X_CACHE_DIR", "off")
+    assert cache_dir() is None
+    monkeypatch.delenv("P5X_CACHE_DIR")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_dir() == tmp_path / "home" / ".cache" / "p5x"
+
+
 def test_markov_untied_fills_both_tables_and_needs_an_untied_output_layer(toy_ds, tmp_path):
     """The source rows go into the input table, the answer rows into the output layer, each scaled
     to its table's deviation (one scale per table); a tied backbone is refused with the flag to use."""
@@ -314,6 +384,31 @@ def test_resumed_run_keeps_its_trained_rows_and_skips_the_fit(toy_dir, tmp_path,
     # throughput.json says what the fit cost each stage (bench/beauty/oneshot.py plans without it)
     fit_s = [json.loads((d / "throughput.json").read_text())["item_init_seconds"] for d in (full, resumed)]
     assert fit_s[0] > 0 and fit_s[1] == 0
+
+
+def test_a_second_run_loads_the_fitted_rows_from_the_cache(toy_dir, tmp_path, monkeypatch):
+    """train.py --item-init markov twice on the same data: the second run reads the first's rows
+    from --item-init-cache instead of fitting, and starts from the same rows; off fits every time."""
+    import p5x.iteminit
+
+    common = dict(data=str(toy_dir), tasks="sequential", epochs=1, batch_size=16, max_steps=1, save_steps=100,
+                  use_cpu=True, vocab_size=300, index="atomic", item_init="markov-untied", output_layer="untied",
+                  max_source_len=128, max_target_len=8, lr=1e-9, item_init_cache=str(tmp_path / "cache"))
+    first = load_checkpoint(train(TrainConfig(output=str(tmp_path / "a"), **common)))
+    assert len(list((tmp_path / "cache" / "item_init").glob("markov-untied-*.safetensors"))) == 1
+
+    def no_fit(*a, **k):
+        raise AssertionError("the rows were fitted again")
+
+    monkeypatch.setattr(p5x.iteminit, "fit_markov", no_fit)
+    second = load_checkpoint(train(TrainConfig(output=str(tmp_path / "b"), **common)))
+    ids = first.tokenizer.convert_tokens_to_ids(sorted(first.index.pieces()))
+    for get in ("get_input_embeddings", "get_output_embeddings"):
+        a = getattr(first.model.backbone, get)().weight.detach()[ids]
+        b = getattr(second.model.backbone, get)().weight.detach()[ids]
+        assert torch.allclose(a, b, atol=1e-6), get  # lr 1e-9: one step leaves the start rows
+    with pytest.raises(AssertionError, match="fitted again"):
+        train(TrainConfig(output=str(tmp_path / "c"), **{**common, "item_init_cache": "off"}))
 
 
 def test_item_warmup_steps_hold_the_item_rows_near_their_start(toy_dir, tmp_path):
