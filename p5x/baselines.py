@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 

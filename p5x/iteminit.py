@@ -344,27 +344,20 @@ def _read_cached(path: Path, n: int, dim: int):
 def _write_cached(path: Path, vec_in: np.ndarray, vec_out: np.ndarray | None, method: str) -> bool:
     """Write the rows as safetensors through a temp file and a rename; True when written. A cache
     that cannot be written (read-only home, full disk) only warns."""
-    import os
-    import tempfile
-
     from safetensors.numpy import save_file
+
+    from .paths import atomic_output
 
     tensors = {"input": np.ascontiguousarray(vec_in, dtype=np.float32)}
     if vec_out is not None:
         tensors["output"] = np.ascontiguousarray(vec_out, dtype=np.float32)
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        os.close(fd)
-        save_file(tensors, tmp, metadata={"format": "p5x-item-init", "method": method,
-                                          "version": str(CACHE_VERSION)})
-        os.replace(tmp, path)
+        with atomic_output(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": "p5x-item-init", "method": method,
+                                                   "version": str(CACHE_VERSION)})
     except OSError as e:
         import warnings
 
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
         warnings.warn(f"{path}: could not cache the fitted item rows ({e})", stacklevel=3)
         return False
     return True

@@ -18,12 +18,13 @@ import json
 import math
 import os
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from .paths import atomic_output
 
 BLEU_TOKENIZE = "13a"
 
@@ -245,17 +246,8 @@ def device_name(device: str | None = None) -> str:
 
 
 def _atomic_write(path: Path, text: str):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_output(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 META_KEYS = ("split", "indexing", "templates", "seed", "data_hash", "commit", "device")

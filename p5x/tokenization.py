@@ -10,13 +10,12 @@ them out of the text before anything else runs, so an id tokenizes identically a
 from __future__ import annotations
 
 import io
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from .errors import ConfigError
+from .paths import atomic_output
 
 PIECE_RE = re.compile(r"<[iu]\d+_\d+>")
 SPM_FILE = "spiece.model"
@@ -55,10 +54,8 @@ def train_sentencepiece(texts: Iterable[str], out_dir: str | Path, vocab_size: i
         user_defined_symbols=symbols, pad_id=PAD_ID, eos_id=EOS_ID,
         unk_id=UNK_ID, bos_id=-1, hard_vocab_limit=False, character_coverage=1.0,
         input_sentence_size=2_000_000, shuffle_input_sentence=True, num_threads=2, minloglevel=2)
-    fd, tmp = tempfile.mkstemp(prefix=".spiece.", dir=out_dir)
-    with os.fdopen(fd, "wb") as f:
-        f.write(buf.getvalue())
-    os.replace(tmp, out_dir / SPM_FILE)
+    with atomic_output(out_dir / SPM_FILE) as tmp:
+        tmp.write_bytes(buf.getvalue())
     return load_sentencepiece(out_dir, user_defined_symbols)
 
 

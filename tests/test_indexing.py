@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -176,3 +177,27 @@ def test_first_appearance_numbering_leaks_and_ours_do_not():
     for method in METHODS:
         hr, _ = next_number_rule(code_numbers(build_index(ds, split, method, seed=0)), split)
         assert hr < chance + 0.035, f"{method}: next-number rule HR@10 {hr:.3f} vs chance {chance:.3f}"
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temp_file(toy_ds, tmp_path, monkeypatch):
+    """ItemIndex.save (like every p5x writer, through p5x.paths.atomic_output) renames a finished temp
+    file onto the target: a write that raises keeps the previous file whole and leaves nothing beside it."""
+    import stat
+
+    split = time_split(toy_ds)
+    ix = build_index(toy_ds, split, "random", seed=0)
+    path = tmp_path / "sub" / "item_index.json"
+    ix.save(path)
+    before = path.read_bytes()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644 and ItemIndex.load(path) == ix
+
+    def half_then_full(self, text, *a, **k):  # the disk fills halfway through the write
+        with open(self, "w", encoding="utf-8") as f:
+            f.write(text[: len(text) // 2])
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Path, "write_text", half_then_full)
+    with pytest.raises(OSError, match="disk full"):
+        build_index(toy_ds, split, "random", seed=1).save(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in path.parent.iterdir()] == ["item_index.json"]
