@@ -210,6 +210,23 @@ class ItemTrie:
         mask[rows, toks] = True
         return mask[inv]
 
+    def constrain(self, scores: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        """`scores` ([rows, width]) with -inf wherever the trie forbids the token to a row in `states`
+        (a new tensor when few tokens are allowed; otherwise masked out of place)."""
+        width = scores.shape[1]
+        if self.pair_count(states) * _DENSE_RATIO > states.shape[0] * self.vocab_size:
+            # many allowed tokens per row (the root of a catalogue of one-token ids: every beam may
+            # take any of the 12k items): one mask row per distinct state, gathered to the rows
+            return scores.masked_fill(~fit_width(self.allowed_mask(states), width), float("-inf"))
+        # few allowed tokens per row: one dense fill plus a sparse copy of the allowed entries
+        rows, toks = self.allowed_pairs(states)
+        if self.vocab_size > width:
+            keep = toks < width
+            rows, toks = rows[keep], toks[keep]
+        out = torch.full_like(scores, float("-inf"))
+        out[rows, toks] = scores[rows, toks]
+        return out
+
     def count_named(self, names: Iterable[str]) -> int:
         """How many distinct catalogue items `names` picks out (names the trie does not hold count 0)."""
         return len({self._leaf_of_name.get(str(n)) for n in names} - {None})
@@ -359,20 +376,7 @@ class TrieLogitsProcessor(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         states = self.states_for(input_ids)
-        width = scores.shape[1]
-        if self.trie.pair_count(states) * _DENSE_RATIO > states.shape[0] * self.trie.vocab_size:
-            # many allowed tokens per row (the root of a catalogue of one-token ids: every beam may
-            # take any of the 12k items): one mask row per distinct state, gathered to the rows
-            return self._exclude(states, scores.masked_fill(~fit_width(self.trie.allowed_mask(states), width),
-                                                            float("-inf")))
-        # few allowed tokens per row: one dense fill plus a sparse copy of the allowed entries
-        rows, toks = self.trie.allowed_pairs(states)
-        if self.trie.vocab_size > width:
-            keep = toks < width
-            rows, toks = rows[keep], toks[keep]
-        out = torch.full_like(scores, float("-inf"))
-        out[rows, toks] = scores[rows, toks]
-        return self._exclude(states, out)
+        return self._exclude(states, self.trie.constrain(scores, states))
 
     def _exclude(self, states: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         groups = torch.arange(states.shape[0], device=states.device) // self.group_size

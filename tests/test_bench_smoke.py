@@ -127,7 +127,7 @@ def test_decode_bench_cli(tmp_path, item_len):
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(js.read_text())
     assert res["identical"] and res["valid_rate"]["trie"] == 1.0
-    assert ("one_token" in res["ms_per_user"]) == (item_len == 1)
+    assert ("one_token" in res["ms_per_user"]) == (item_len == 1) and "own" in res["ms_per_user"]
 
 
 def test_beauty_recipe_scripts_parse():

@@ -84,6 +84,36 @@ def test_one_token_fast_path_returns_what_beam_search_returns(atomic_ckpt_dir, t
     assert all(len(r) == 8 for r in fast)
 
 
+def test_multi_token_fast_path_returns_what_beam_search_returns(ckpt_dir, toy_ds, monkeypatch):
+    # three-token ids (random indexing) on T5 go through trie_beams; same lists as HF's generate,
+    # with whole-word ids, padded prompts and a per-prompt exclusion of the user's history
+    from p5x import inference
+
+    ck = load_checkpoint(ckpt_dir, data=toy_ds)
+    trie = build_item_trie(ck)
+    assert trie.max_len == 4 and not ck.model.decoder_only
+    by_user = toy_ds.by_user()
+    users = sorted(ck.user_index.codes)[:4]
+    prompts = [f"what will user {ck.user_index.text(u)} buy next ?" for u in users]
+    prompts += [f"user {ck.user_index.text(users[0])} bought {ck.index.text(i)} , what next ?"
+                for i in sorted(toy_ds.items)[:2]]
+    history = [[x.item_id for x in by_user[u]] for u in users] + [[], sorted(toy_ds.items)[:5]]
+    calls = []
+    real = inference.trie_beams
+    monkeypatch.setattr(inference, "trie_beams", lambda *a: calls.append(1) or real(*a))
+    for exclude in (None, history):
+        fast, bad_fast = rank_items(ck, prompts, trie, beams=8, batch_size=4, progress=False, exclude=exclude)
+        assert len(calls) == 2
+        slow, bad_slow = rank_items(ck, prompts, trie, beams=8, batch_size=4, progress=False, fast=False,
+                                    exclude=exclude)
+        assert len(calls) == 2  # the reference run went through generate
+        calls.clear()
+        assert bad_fast == bad_slow == 0
+        assert fast == slow and all(len(r) == 8 for r in fast)
+        if exclude is not None:
+            assert all(not set(r) & set(h) for r, h in zip(fast, history))
+
+
 def test_evaluate_cli_writes_table_with_baselines(ckpt_dir, toy_ds, tmp_path, capsys):
     out = tmp_path / "eval"
     rc = evaluate_main(["--checkpoint", str(ckpt_dir), "--max-users", "4", "--beams", "5",
