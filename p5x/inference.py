@@ -6,9 +6,9 @@ work on rendered prompt strings, in batches, on whatever device the model sits o
 - `generate_text`: greedy (or beam) decoding of free text (ratings, explanations, summaries).
 - `rank_items`: beam search constrained by the item trie (p5x.decoding), so every returned
   sequence is a real catalogue id; beams come back best first and are mapped to raw item ids.
-  On an encoder-decoder it runs p5x's own beam search, which returns HF's beams: `trie_beams`
-  (encoder and cross-attention once per prompt rather than once per beam), or for one-token ids
-  `one_token_beams` (two decoder calls).
+  It runs p5x's own beam search, which returns HF's beams: `trie_beams` (the prompt read once per
+  prompt rather than once per beam), or for one-token ids on an encoder-decoder `one_token_beams`
+  (two decoder calls).
 - `yes_probability`: P("yes") against P("no") from the first answer step's logits, with the answer
   tokens looked up from the tokenizer at run time.
 - `target_logprob`: the summed log-probability of a given target text (eos included) after its
@@ -17,6 +17,7 @@ work on rendered prompt strings, in batches, on whatever device the model sits o
 
 from __future__ import annotations
 
+import inspect
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -72,10 +73,9 @@ def rank_items(ckpt, prompts: Sequence[str], trie: ItemTrie, beams: int = 20, ba
                exclude: Sequence[Iterable[str]] | None = None) -> tuple[list[list[str]], int]:
     """Top-`beams` raw item ids per prompt (best first) and the count of outputs that were not items.
 
-    An encoder-decoder model skips HF's beam search for one of its own that returns the same beams:
-    `one_token_beams` over one-token ids (`--index atomic`: every item is one token + eos), otherwise
-    `trie_beams`; `fast=False` forces HF's `generate` (the reference the tests compare against).
-    Decoder-only models always go through `generate`.
+    The search is p5x's own, which returns HF's beams: `one_token_beams` for an encoder-decoder over
+    one-token ids (`--index atomic`: every item is one token + eos), otherwise `trie_beams`;
+    `fast=False` runs HF's `generate` instead (the reference the tests compare against).
 
     `exclude[k]` (raw ids, e.g. the user's history) are items prompt k may not be given: the search
     runs over the catalogue without them (ItemTrie.exclusion), so the `beams` returned are the best
@@ -88,7 +88,6 @@ def rank_items(ckpt, prompts: Sequence[str], trie: ItemTrie, beams: int = 20, ba
     ranked: list[list[str]] = []
     invalid = 0
     one_token = trie.max_len == 2 and not ckpt.model.decoder_only and fast
-    seq2seq = not ckpt.model.decoder_only and fast
     for s, e in _batches(len(prompts), batch_size, desc, progress):
         batch = _encode(ckpt, prompts[s:e])
         banned = [set(map(str, x)) for x in exclude[s:e]] if exclude is not None else None
@@ -96,7 +95,7 @@ def rank_items(ckpt, prompts: Sequence[str], trie: ItemTrie, beams: int = 20, ba
         if one_token:
             embeds = ckpt.model.embed(batch["input_ids"], batch.get("whole_word_ids"))
             ids = one_token_beams(ckpt.model.backbone, embeds, batch["attention_mask"], trie, beams, exclusion)
-        elif seq2seq:
+        elif fast:
             embeds = ckpt.model.embed(batch["input_ids"], batch.get("whole_word_ids"))
             ids = trie_beams(ckpt.model.backbone, embeds, batch["attention_mask"], trie, beams, exclusion)
         else:
@@ -128,6 +127,19 @@ def rank_items(ckpt, prompts: Sequence[str], trie: ItemTrie, beams: int = 20, ba
     return ranked, invalid
 
 
+def _cache_of(out):
+    """The key/value cache a forward returned: `cache` in recent transformers, `past_key_values` in
+    earlier 5.x releases (the GPU image's 5.17)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
+def _with_cache(backbone, cache) -> dict:
+    """The keyword that hands `cache` back to `backbone`'s forward (renamed as `_cache_of` says)."""
+    params = inspect.signature(backbone.forward).parameters
+    return {"cache" if "cache" in params else "past_key_values": cache}
+
+
 @torch.no_grad()
 def one_token_beams(backbone, embeds: torch.Tensor, mask: torch.Tensor, trie: ItemTrie, beams: int,
                     exclusion: Exclusion | None = None) -> torch.Tensor:
@@ -156,11 +168,12 @@ def one_token_beams(backbone, embeds: torch.Tensor, mask: torch.Tensor, trie: It
     # second step for every kept beam: only the item position is decoded, over the first step's
     # cache (its self-attention state and the cross-attention keys of the encoder, projected once per
     # prompt rather than once per beam), so the vocabulary projection runs on one position, not two
-    cache = out.cache
+    cache = _cache_of(out)
     cache.batch_repeat_interleave(beams)
     hidden = enc.last_hidden_state.repeat_interleave(beams, 0)
     logits2 = backbone(encoder_outputs=(hidden,), attention_mask=mask.repeat_interleave(beams, 0),
-                       decoder_input_ids=items.reshape(-1, 1), cache=cache, use_cache=True).logits[:, -1].float()
+                       decoder_input_ids=items.reshape(-1, 1), use_cache=True,
+                       **_with_cache(backbone, cache)).logits[:, -1].float()
     # log P(eos | item): only its column of the log-softmax is needed
     total = top + (logits2[:, trie.eos_id] - logits2.logsumexp(-1)).view(n, beams)
     order = total.argsort(dim=-1, descending=True, stable=True)
@@ -172,93 +185,141 @@ def one_token_beams(backbone, embeds: torch.Tensor, mask: torch.Tensor, trie: It
 _NEG = -1.0e9  # what HF's beam search adds to rule a candidate out (kept for identical tie-breaking)
 
 
+def _seq2seq_steps(backbone, embeds, mask, beams):
+    """`trie_beams`' model calls for an encoder-decoder: (logits of the first answer step, one row per
+    prompt; step(tokens, order) -> logits of the next step for every beam). The encoder, and the
+    cross-attention keys and values of its states, are computed once per prompt; at the second step
+    the cache is copied to the beams, and after that only its self-attention part follows them."""
+    enc = backbone.get_encoder()(inputs_embeds=embeds, attention_mask=mask)
+    start = torch.full((mask.shape[0], 1), backbone.config.decoder_start_token_id, dtype=torch.long,
+                       device=mask.device)
+    out = backbone(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=start, use_cache=True)
+    cache, held = _cache_of(out), {}
+
+    def step(tokens, order):
+        if order is None:
+            cache.batch_repeat_interleave(beams)
+            held["hidden"] = enc.last_hidden_state.repeat_interleave(beams, 0)
+            held["mask"] = mask.repeat_interleave(beams, 0)
+        else:
+            cache.self_attention_cache.reorder_cache(order)
+        return backbone(encoder_outputs=(held["hidden"],), attention_mask=held["mask"], use_cache=True,
+                        decoder_input_ids=tokens[:, None], **_with_cache(backbone, cache)).logits[:, -1]
+
+    return out.logits[:, -1], step
+
+
+def _causal_steps(backbone, embeds, mask, beams):
+    """The same for a decoder-only model over a left-padded prompt: the prompt is read once per
+    prompt (HF reads it once per beam), positions count real tokens only, as HF's generate counts
+    them, and only the logits of the last position are projected onto the vocabulary."""
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    out = backbone(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
+                   logits_to_keep=1)
+    cache, held = _cache_of(out), {}
+
+    def step(tokens, order):
+        if order is None:
+            cache.batch_repeat_interleave(beams)
+            held["mask"] = mask.repeat_interleave(beams, 0)
+            held["next"] = mask.long().sum(-1).repeat_interleave(beams)[:, None]
+        else:  # a beam only moves within its prompt: mask and positions stay as they are
+            cache.reorder_cache(order)
+        held["mask"] = torch.cat([held["mask"], held["mask"].new_ones(held["mask"].shape[0], 1)], 1)
+        logits = backbone(input_ids=tokens[:, None], attention_mask=held["mask"], position_ids=held["next"],
+                          use_cache=True, logits_to_keep=1, **_with_cache(backbone, cache)).logits[:, -1]
+        held["next"] = held["next"] + 1
+        return logits
+
+    return out.logits[:, -1], step
+
+
 @torch.no_grad()
 def trie_beams(backbone, embeds: torch.Tensor, mask: torch.Tensor, trie: ItemTrie, beams: int,
-               exclusion: Exclusion | None = None, length_penalty: float = 1.0) -> torch.Tensor:
+               exclusion: Exclusion | None = None, length_penalty: float = 1.0,
+               with_scores: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """HF's constrained beam search (`generate(num_beams=beams, num_return_sequences=beams,
-    early_stopping=True, max_new_tokens=trie.max_len)` with a TrieLogitsProcessor) for an
-    encoder-decoder model over ids of any length, returning the same beams, without its costs:
+    early_stopping=True, max_new_tokens=trie.max_len)` with a TrieLogitsProcessor) over ids of any
+    length, returning the same beams in the same order, without its costs:
 
-    - the encoder and the decoder's first step run once per prompt, not once per beam: all beams
-      start identical, so the cross-attention keys and values of the encoder are projected once per
-      prompt and then copied to the beams (HF projects them for every beam copy of the prompt);
-    - between steps only the decoder's self-attention cache follows the beams (a beam never moves
-      to another prompt, and a prompt's beams share its cross-attention cache, which HF reorders);
+    - the prompt is read once, not once per beam: every beam starts identical, so the encoder (and
+      the cross-attention keys and values of its states), or a decoder-only model's pass over the
+      prompt, runs on one row per prompt and its cache is then copied to the beams;
+    - an encoder-decoder's cross-attention cache stays where it is between steps (a beam never
+      leaves its prompt; HF reorders it with the self-attention cache);
     - the trie state of each beam is carried along with it, not recovered from its tokens.
 
     The selection is HF's, step for step: the best 2 x `beams` continuations of a prompt's running
     beams; those among the first `beams` that end (eos, or the length cap) join the finished set at
     score / length ** length_penalty, the best `beams` of the rest run on; a prompt stops once
-    `beams` have finished. Returns [n * beams, 1 + max_len] token ids (decoder start first, pad after
-    eos), each prompt's beams best first."""
-    enc = backbone.get_encoder()(inputs_embeds=embeds, attention_mask=mask)
+    `beams` have finished, or when none of its running beams can beat its finished ones any more.
+
+    `backbone` is the HF model, `embeds` the prompt's input embeddings (whole-word ids added), `mask`
+    its attention mask (a decoder-only prompt left-padded). Returns [n * beams, width] token ids,
+    each prompt's beams best first, filled with the trie's pad after eos: an encoder-decoder's start
+    with its decoder start token, a decoder-only model's hold the new tokens only (as `generate`);
+    `with_scores` adds each beam's final score ([n * beams], HF's `sequences_scores`)."""
     n, dev, k = mask.shape[0], mask.device, beams
     if trie.device != dev:
         trie.to(dev)
-    pad = backbone.config.pad_token_id if backbone.config.pad_token_id is not None else trie.eos_id
-    max_new = trie.max_len
-    start = torch.full((n, 1), backbone.config.decoder_start_token_id, dtype=torch.long, device=dev)
-    out = backbone(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=start, use_cache=True)
-    logp = torch.log_softmax(out.logits[:, -1].float(), -1)  # [n, vocab]: one row stands for all beams
-    vocab = logp.shape[1]
-    cache = out.cache
+    steps = _seq2seq_steps if backbone.config.is_encoder_decoder else _causal_steps
+    first, step = steps(backbone, embeds, mask, k)
+    logp = torch.log_softmax(first.float(), -1).repeat_interleave(k, 0)  # one row stood for k beams
+    vocab, max_new = logp.shape[1], trie.max_len
     groups = torch.arange(n * k, device=dev) // k
     offset = (torch.arange(n, device=dev) * k)[:, None]
+    rank = torch.arange(2 * k, device=dev)[None, :]
     run_scores = torch.zeros(n, k, device=dev)
-    run_scores[:, 1:] = _NEG
+    run_scores[:, 1:] = _NEG  # as HF: the copies of the first beam start out of the running
     run_states = trie.root_states(n * k).view(n, k)
-    run_seq = torch.full((n, k, max_new), pad, dtype=torch.long, device=dev)
+    run_seq = torch.full((n, k, max_new), trie.after_end, dtype=torch.long, device=dev)
     fin_scores = torch.full((n, k), _NEG, device=dev)
-    fin_seq = run_seq.clone()
+    fin_seq, fin_len = run_seq.clone(), torch.zeros(n, k, dtype=torch.long, device=dev)
     fin_done = torch.zeros(n, k, dtype=torch.bool, device=dev)
     # HF's early-stop heuristic, per prompt: False once no running beam can beat a full finished set
     open_ = torch.ones(n, 1, dtype=torch.bool, device=dev)
-    hidden = attn = None
-    rank = torch.arange(2 * k, device=dev)[None, :]
+    order = None
     for t in range(max_new):
         if t > 0:
-            if hidden is None:  # every beam of a prompt was a copy of its first row until now
-                cache.batch_repeat_interleave(k)
-                hidden = enc.last_hidden_state.repeat_interleave(k, 0)
-                attn = mask.repeat_interleave(k, 0)
-            logits = backbone(encoder_outputs=(hidden,), attention_mask=attn, cache=cache, use_cache=True,
-                              decoder_input_ids=run_seq[:, :, t - 1].reshape(-1, 1)).logits[:, -1]
-            logp = torch.log_softmax(logits.float(), -1)
-        rows = logp if t > 0 else logp.repeat_interleave(k, 0)
+            logp = torch.log_softmax(step(run_seq[:, :, t - 1].reshape(-1), order).float(), -1)
         states = run_states.reshape(-1)
-        rows = trie.mask_excluded(trie.constrain(rows, states), exclusion, states, groups)
-        acc = (rows.view(n, k, vocab) + run_scores[:, :, None]).view(n, k * vocab)
-        top, idx = acc.topk(2 * k, dim=1)
+        logp = trie.mask_excluded(trie.constrain(logp, states), exclusion, states, groups)
+        top, idx = (logp.view(n, k, vocab) + run_scores[:, :, None]).view(n, k * vocab).topk(2 * k, dim=1)
         src, tok = idx // vocab, idx % vocab
         seq = run_seq.gather(1, src[:, :, None].expand(-1, -1, max_new)).clone()
         seq[:, :, t] = tok
         ends = (tok == trie.eos_id) | (t + 1 >= max_new)
         # the best `beams` continuations that have not ended run on
-        keep = (top + ends.float() * _NEG).topk(k, dim=1).indices
-        run_scores = (top + ends.float() * _NEG).gather(1, keep)
+        running = top + ends.float() * _NEG
+        keep = running.topk(k, dim=1).indices
+        run_scores = running.gather(1, keep)
         run_seq = seq.gather(1, keep[:, :, None].expand(-1, -1, max_new))
         parent = src.gather(1, keep)
         run_states = trie.advance(run_states.gather(1, parent).reshape(-1), run_seq[:, :, t].reshape(-1)).view(n, k)
         # those among the first `beams` that ended join the finished set, while it has room
+        joins = ends & (rank < k)
         cand = top / ((t + 1) ** length_penalty)
         cand = cand + fin_done.all(1, keepdim=True).float() * _NEG
         cand = cand + (~open_).float() * _NEG
-        cand = cand + (~(ends & (rank < k))).float() * _NEG
+        cand = cand + (~joins).float() * _NEG
         scores = torch.cat([fin_scores, cand], 1)
         best = scores.topk(k, dim=1).indices
         fin_scores = scores.gather(1, best)
         fin_seq = torch.cat([fin_seq, seq], 1).gather(1, best[:, :, None].expand(-1, -1, max_new))
-        fin_done = torch.cat([fin_done, ends & (rank < k)], 1).gather(1, best)
+        fin_len = torch.cat([fin_len, torch.full_like(top, t + 1, dtype=torch.long)], 1).gather(1, best)
+        fin_done = torch.cat([fin_done, joins], 1).gather(1, best)
         worst = torch.where(fin_done, fin_scores.min(1, keepdim=True).values, torch.full_like(fin_scores, _NEG))
         open_ = open_ & (run_scores[:, :1] / ((t + 1) ** length_penalty) > worst).any(1, keepdim=True)
         if not bool(open_.any()) or bool(fin_done.all()) or bool(ends.all()):
             break
-        if t > 0:  # the beams' self-attention cache follows them (cross-attention is per prompt)
-            cache.self_attention_cache.reorder_cache((parent + offset).reshape(-1))
-    out_seq = torch.cat([start.repeat_interleave(k, 0), fin_seq.view(n * k, max_new)], 1)
-    filled = (out_seq != pad).any(0)
-    filled[0] = True  # the decoder start token (T5's is pad)
-    return out_seq[:, :int(filled.nonzero().max()) + 1]  # cut the columns no beam reached
+        # from the third step on the cache follows the beams (before it, every beam was a copy)
+        order = (parent + offset).reshape(-1) if t > 0 else None
+    width = max(1, int(fin_len.max()))
+    out = fin_seq.view(n * k, max_new)[:, :width]
+    if backbone.config.is_encoder_decoder:
+        start = torch.full((n * k, 1), backbone.config.decoder_start_token_id, dtype=torch.long, device=dev)
+        out = torch.cat([start, out], 1)
+    return (out, fin_scores.reshape(-1)) if with_scores else out
 
 
 @torch.no_grad()

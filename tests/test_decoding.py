@@ -304,38 +304,51 @@ def test_one_token_names_and_the_root_mask():
     assert trie.root_mask() is root
 
 
+@pytest.mark.parametrize("backbone", ["t5", "llama"])
 @pytest.mark.parametrize("length_penalty", [1.0, 0.0])
 @pytest.mark.parametrize("excluded", [False, True])
-def test_trie_beams_returns_what_hf_beam_search_returns(length_penalty, excluded):
-    # p5x.inference.trie_beams re-implements HF's constrained beam search for encoder-decoders
-    # (encoder and cross-attention once per prompt); it must give the same beams in the same order:
-    # ids of different lengths (1-3 tokens, one a prefix of another), padded prompts, a model that
-    # prefers tokens outside the catalogue, and, when excluded, each prompt's own banned items
+def test_trie_beams_returns_what_hf_beam_search_returns(backbone, length_penalty, excluded):
+    # p5x.inference.trie_beams re-implements HF's constrained beam search (the prompt read once per
+    # prompt, not once per beam); it must give the same beams in the same order: ids of different
+    # lengths (1-3 tokens, one a prefix of another), padded prompts (left-padded for the decoder-only
+    # model, given as inputs_embeds as P5XModel.generate gives them), a model that prefers tokens
+    # outside the catalogue, and, when excluded, each prompt's own banned items
     from p5x.inference import trie_beams
 
-    model = tiny_t5(BAD)
+    decoder_only = backbone == "llama"
+    model = tiny_llama(BAD) if decoder_only else tiny_t5(BAD)
     items = make_items()
     trie = _named_trie(items)
     torch.manual_seed(4)
     prompts = torch.randint(3, VOCAB, (4, 9))
     attn = torch.ones_like(prompts)
-    attn[1, 6:] = 0
-    attn[3, 3:] = 0
+    if decoder_only:
+        attn[1, :3] = 0
+        attn[3, :6] = 0
+    else:
+        attn[1, 6:] = 0
+        attn[3, 3:] = 0
     prompts[attn == 0] = PAD
     beams = 6
     exclusion = None
     if excluded:
         exclusion = trie.exclusion([{"it0", "it3"}, set(), {f"it{k}" for k in range(0, len(items), 2)}, {"it5"}])
-    proc = TrieLogitsProcessor(trie, 0, True, exclusion=exclusion, group_size=beams)
+    proc = TrieLogitsProcessor(trie, 0, not decoder_only, exclusion=exclusion, group_size=beams)
+    embeds = model.get_input_embeddings()(prompts).detach()
     with torch.no_grad():
-        want = model.generate(input_ids=prompts, attention_mask=attn, num_beams=beams,
+        want = model.generate(inputs_embeds=embeds, attention_mask=attn, num_beams=beams,
                               num_return_sequences=beams, max_new_tokens=trie.max_len, do_sample=False,
                               early_stopping=True, length_penalty=length_penalty, pad_token_id=PAD,
-                              eos_token_id=EOS, logits_processor=[proc])
-    got = trie_beams(model, model.get_input_embeddings()(prompts), attn, trie, beams, exclusion,
-                     length_penalty=length_penalty)
+                              eos_token_id=EOS, logits_processor=[proc], output_scores=True,
+                              return_dict_in_generate=True)
+    got, scores = trie_beams(model, embeds, attn, trie, beams, exclusion, length_penalty=length_penalty,
+                             with_scores=True)
+    # the same scores too (so positions, masks and caches match, not only the order they produce)
+    assert torch.allclose(scores, want.sequences_scores, atol=1e-5, rtol=0)
+    want = want.sequences
+    cut = 0 if decoder_only else 1  # an encoder-decoder's rows start with the decoder start token
     assert got.shape[0] == want.shape[0] == 4 * beams
-    assert [_strip(s[1:]) for s in got] == [_strip(s[1:]) for s in want]
-    assert all(trie.contains(_strip(s[1:])) for s in got)
-    lengths = {len(_strip(s[1:])) for s in got}
+    assert [_strip(s[cut:]) for s in got] == [_strip(s[cut:]) for s in want]
+    assert all(trie.contains(_strip(s[cut:])) for s in got)
+    lengths = {len(_strip(s[cut:])) for s in got}
     assert len(lengths) > 1  # beams of different lengths met, so the length penalty was in play

@@ -84,14 +84,21 @@ def test_one_token_fast_path_returns_what_beam_search_returns(atomic_ckpt_dir, t
     assert all(len(r) == 8 for r in fast)
 
 
-def test_multi_token_fast_path_returns_what_beam_search_returns(ckpt_dir, toy_ds, monkeypatch):
-    # three-token ids (random indexing) on T5 go through trie_beams; same lists as HF's generate,
-    # with whole-word ids, padded prompts and a per-prompt exclusion of the user's history
+@pytest.fixture(scope="module")
+def llama_ckpt_dir(toy_dir, tmp_path_factory):
+    return _tiny_run(toy_dir, tmp_path_factory.mktemp("eval_llama") / "ckpt", model="llama-tiny",
+                     tasks="sequential")
+
+
+@pytest.mark.parametrize("which", ["ckpt_dir", "llama_ckpt_dir"])
+def test_multi_token_fast_path_returns_what_beam_search_returns(which, toy_ds, monkeypatch, request):
+    # three-token ids (random indexing) on T5 or a LLaMA go through trie_beams; same lists as HF's
+    # generate, with whole-word ids, padded prompts and a per-prompt exclusion of the user's history
     from p5x import inference
 
-    ck = load_checkpoint(ckpt_dir, data=toy_ds)
+    ck = load_checkpoint(request.getfixturevalue(which), data=toy_ds)
     trie = build_item_trie(ck)
-    assert trie.max_len == 4 and not ck.model.decoder_only
+    assert trie.max_len == 4 and ck.model.decoder_only == (which == "llama_ckpt_dir")
     by_user = toy_ds.by_user()
     users = sorted(ck.user_index.codes)[:4]
     prompts = [f"what will user {ck.user_index.text(u)} buy next ?" for u in users]
