@@ -27,7 +27,7 @@ import sys
 import time
 
 import torch
-from transformers import T5Config, T5ForConditionalGeneration
+from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
 
 from p5x.decoding import ItemTrie, TrieLogitsProcessor, make_prefix_allowed_tokens_fn
 from p5x.inference import one_token_beams, trie_beams
@@ -47,8 +47,16 @@ def fake_items(n: int, length: int, vocab: int, seed: int) -> list[list[int]]:
     return [list(s) + [EOS] for s in sorted(seen)]
 
 
-def build_model(vocab: int, d_model: int, layers: int, device: str):
+def build_model(vocab: int, d_model: int, layers: int, device: str, arch: str = "t5"):
     torch.manual_seed(0)
+    if arch == "llama":  # SmolLM2-135M's shape is --d-model 576 --layers 30 --vocab 49152
+        heads = max(1, d_model // 64)
+        cfg = LlamaConfig(vocab_size=vocab, hidden_size=d_model, intermediate_size=8 * d_model // 3,
+                          num_hidden_layers=layers, num_attention_heads=heads,
+                          num_key_value_heads=3 if heads % 3 == 0 else heads,
+                          pad_token_id=PAD, eos_token_id=EOS, bos_token_id=2, tie_word_embeddings=True,
+                          max_position_embeddings=2048)
+        return LlamaForCausalLM(cfg).to(device).eval()
     cfg = T5Config(vocab_size=vocab, d_model=d_model, d_kv=d_model // 8, d_ff=4 * d_model, num_layers=layers,
                    num_decoder_layers=layers, num_heads=8, pad_token_id=PAD, eos_token_id=EOS,
                    decoder_start_token_id=PAD)
@@ -76,16 +84,28 @@ def timed(decode, batches, device, max_new):
     return torch.cat(outs), total
 
 
+def _decoder_only(model) -> bool:
+    return not model.config.is_encoder_decoder
+
+
+def _as_t5_layout(model, out, src_len=0):
+    """A decoder-only model's new tokens behind a pad column, as a T5's follow its start token."""
+    if not _decoder_only(model):
+        return out
+    return torch.nn.functional.pad(out[:, src_len:], (1, 0), value=PAD)
+
+
 def timed_generate(model, batches, device, beams, max_new, **kw):
     """HF beam search (with whatever constraint `kw` adds) on every batch."""
-    return timed(lambda ids: model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), num_beams=beams,
-                                            num_return_sequences=beams, max_new_tokens=max_new, do_sample=False,
-                                            early_stopping=True, **kw), batches, device, max_new)
+    return timed(lambda ids: _as_t5_layout(model, model.generate(
+        input_ids=ids, attention_mask=torch.ones_like(ids), num_beams=beams, num_return_sequences=beams,
+        max_new_tokens=max_new, do_sample=False, early_stopping=True, **kw), ids.shape[1]), batches, device, max_new)
 
 
 def timed_own(model, batches, device, beams, max_new, trie):
     """`trie_beams` on every batch (its output has generate's layout)."""
-    return timed(lambda ids: trie_beams(model, model.get_input_embeddings()(ids), torch.ones_like(ids), trie, beams),
+    return timed(lambda ids: _as_t5_layout(model, trie_beams(model, model.get_input_embeddings()(ids),
+                                                             torch.ones_like(ids), trie, beams)),
                  batches, device, max_new)
 
 
@@ -108,6 +128,8 @@ def main(argv=None) -> int:
     ap.add_argument("--src-len", type=int, default=64, help="prompt length in tokens")
     ap.add_argument("--d-model", type=int, default=512)
     ap.add_argument("--layers", type=int, default=6)
+    ap.add_argument("--arch", default="t5", choices=("t5", "llama"),
+                    help="encoder-decoder (T5 shape) or decoder-only (LLaMA shape: prompt_len counts the prompt)")
     ap.add_argument("--repeats", type=int, default=3, help="timed passes per mode (the best is kept)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--json", help="also write the numbers to this file")
@@ -122,7 +144,10 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     trie = ItemTrie(items, eos_id=EOS, vocab_size=args.vocab, pad_id=PAD).to(args.device)
     build_s = time.perf_counter() - t0
-    model = build_model(args.vocab, args.d_model, args.layers, args.device)
+    if args.arch == "llama" and args.item_len == 1:
+        print("error: --item-len 1 (one_token_beams) is for --arch t5 only", file=sys.stderr)
+        return 2
+    model = build_model(args.vocab, args.d_model, args.layers, args.device, args.arch)
     g = torch.Generator().manual_seed(1)
     prompts = torch.randint(2, args.vocab, (args.users, args.src_len), generator=g)
     batches = list(prompts.split(args.batch))
@@ -130,10 +155,11 @@ def main(argv=None) -> int:
     kw = dict(pad_token_id=PAD, eos_token_id=EOS)
 
     timed_generate(model, batches[:1], args.device, args.beams, max_new, **kw)  # warm-up
+    plen = args.src_len if args.arch == "llama" else 0  # HF hands a decoder-only processor the prompt too
     modes = {
         "free": {},
-        "trie": {"logits_processor": [TrieLogitsProcessor(trie, 0, True)]},
-        "prefix_fn": {"prefix_allowed_tokens_fn": make_prefix_allowed_tokens_fn(trie, 0, True)},
+        "trie": {"logits_processor": [TrieLogitsProcessor(trie, plen, args.arch == "t5")]},
+        "prefix_fn": {"prefix_allowed_tokens_fn": make_prefix_allowed_tokens_fn(trie, plen, args.arch == "t5")},
         "own": None,
     }
     # modes interleaved over repeats, best time kept: the machine may be shared and noisy
@@ -159,7 +185,7 @@ def main(argv=None) -> int:
     free_valid = sum(trie.contains(_item(s)) for s in free) / len(free)
     res = {
         "device": torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-        "items": args.items, "item_len": args.item_len, "vocab": args.vocab, "beams": args.beams,
+        "arch": args.arch, "items": args.items, "item_len": args.item_len, "vocab": args.vocab, "beams": args.beams,
         "users": args.users, "batch": args.batch, "repeats": args.repeats, "d_model": args.d_model, "layers": args.layers,
         "trie_nodes": trie.num_nodes, "trie_build_s": round(build_s, 3),
         "ms_per_user": {"trie": 1000 * t_trie / args.users, "prefix_fn": 1000 * t_fn / args.users,

@@ -130,7 +130,12 @@ case "$stage" in
     # shellcheck disable=SC2046
     "$PY" "$REPO/bench/decode_bench.py" --device "$dev" $(flags bench.decode_atomic) \
       --json "$OUT/bench/decode_bench_atomic.json" > "$OUT/bench/decode_bench_atomic.log" 2>&1
-    cat "$OUT/bench/train_throughput.json" "$OUT/bench/decode_bench.json" "$OUT/bench/decode_bench_atomic.json" ;;
+    # a decoder-only model of SmolLM2-135M's shape over three-token ids
+    # shellcheck disable=SC2046
+    "$PY" "$REPO/bench/decode_bench.py" --device "$dev" $(flags bench.decode_llama) \
+      --json "$OUT/bench/decode_bench_llama.json" > "$OUT/bench/decode_bench_llama.log" 2>&1
+    cat "$OUT/bench/train_throughput.json" "$OUT/bench/decode_bench.json" "$OUT/bench/decode_bench_atomic.json" \
+      "$OUT/bench/decode_bench_llama.json" ;;
   ablation)
     name="${2:-}"; step="${3:-}"
     [ -n "$name" ] || usage
