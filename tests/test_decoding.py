@@ -242,6 +242,13 @@ def _names_of(items, seqs):
     return {f"it{k}" for k, s in enumerate(items) if tuple(s) in seqs}
 
 
+def _rigged(backbone):
+    """(decoder_only, a tiny model preferring tokens outside the catalogue, the items, their named trie)."""
+    decoder_only = backbone == "llama"
+    items = make_items()
+    return decoder_only, tiny_llama(BAD) if decoder_only else tiny_t5(BAD), items, _named_trie(items)
+
+
 def test_exclusion_cuts_whole_subtrees_and_single_items():
     items = make_items()
     trie = _named_trie(items)
@@ -268,10 +275,7 @@ def test_exclusion_decodes_as_a_catalogue_without_the_banned_items(backbone):
     # per prompt, constrained beam search with an exclusion must equal beam search over a trie built
     # without that prompt's banned items; banned here = what each prompt's unexcluded search ranks
     # highest (so the test fails if the exclusion does nothing), plus a whole subtree for prompt 0
-    decoder_only = backbone == "llama"
-    model = tiny_llama(BAD) if decoder_only else tiny_t5(BAD)
-    items = make_items()
-    trie = _named_trie(items)
+    decoder_only, model, items, trie = _rigged(backbone)
     torch.manual_seed(3)
     prompts = torch.randint(3, VOCAB, (3, 7))
     plen = prompts.shape[1] if decoder_only else 0
@@ -315,10 +319,7 @@ def test_trie_beams_returns_what_hf_beam_search_returns(backbone, length_penalty
     # outside the catalogue, and, when excluded, each prompt's own banned items
     from p5x.inference import trie_beams
 
-    decoder_only = backbone == "llama"
-    model = tiny_llama(BAD) if decoder_only else tiny_t5(BAD)
-    items = make_items()
-    trie = _named_trie(items)
+    decoder_only, model, items, trie = _rigged(backbone)
     torch.manual_seed(4)
     prompts = torch.randint(3, VOCAB, (4, 9))
     attn = torch.ones_like(prompts)
