@@ -19,8 +19,11 @@ DEAD (-1) marks a row whose prefix left the trie (only possible if something els
 it may only produce eos. Under the mask no row ever leaves the trie, so every sequence that ends
 is a real item.
 
-`TrieLogitsProcessor` is the fast path used by p5x.evaluate; `make_prefix_allowed_tokens_fn` is the
-same constraint as HF's slow per-row Python callback, kept as the reference for tests and the bench.
+`ItemTrie.constrain` masks one step's scores; p5x.inference.trie_beams (p5x's own beam search, what
+p5x.evaluate runs) calls it with the states it carries along. `TrieLogitsProcessor` applies the
+same mask inside HF's `generate`, recovering the states from the tokens; `make_prefix_allowed_tokens_fn`
+is the same constraint as HF's slow per-row Python callback, kept as the reference for tests and
+the bench.
 """
 
 from __future__ import annotations
@@ -211,8 +214,8 @@ class ItemTrie:
         return mask[inv]
 
     def constrain(self, scores: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
-        """`scores` ([rows, width]) with -inf wherever the trie forbids the token to a row in `states`
-        (a new tensor when few tokens are allowed; otherwise masked out of place)."""
+        """A copy of `scores` ([rows, width]) with -inf wherever the trie forbids the token to the row
+        in `states`: what p5x.inference.trie_beams and TrieLogitsProcessor apply at every step."""
         width = scores.shape[1]
         if self.pair_count(states) * _DENSE_RATIO > states.shape[0] * self.vocab_size:
             # many allowed tokens per row (the root of a catalogue of one-token ids: every beam may
