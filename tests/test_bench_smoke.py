@@ -117,13 +117,13 @@ def test_render_bench_cli(toy_dir):
     assert bad.returncode == 2 and bad.stderr.startswith("error:")
 
 
-@pytest.mark.parametrize("item_len", [4, 1])
-def test_decode_bench_cli(tmp_path, item_len):
+@pytest.mark.parametrize("item_len,arch", [(4, "t5"), (1, "t5"), (3, "llama")])
+def test_decode_bench_cli(tmp_path, item_len, arch):
     js = tmp_path / "d.json"
     items = "50" if item_len > 1 else "30"  # one-token ids: at most item-vocab - 2 distinct items
     r = _run(["bench/decode_bench.py", "--items", items, "--item-len", str(item_len), "--users", "2",
               "--batch", "2", "--beams", "3", "--vocab", "120", "--item-vocab", "40", "--d-model", "32",
-              "--layers", "1", "--repeats", "1", "--src-len", "8", "--json", str(js)])
+              "--layers", "1", "--repeats", "1", "--src-len", "8", "--arch", arch, "--json", str(js)])
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(js.read_text())
     assert res["identical"] and res["valid_rate"]["trie"] == 1.0
