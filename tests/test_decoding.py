@@ -311,7 +311,8 @@ def test_one_token_names_and_the_root_mask():
 @pytest.mark.parametrize("backbone", ["t5", "llama"])
 @pytest.mark.parametrize("length_penalty", [1.0, 0.0])
 @pytest.mark.parametrize("excluded", [False, True])
-def test_trie_beams_returns_what_hf_beam_search_returns(backbone, length_penalty, excluded):
+@pytest.mark.parametrize("beams", [6, 15])  # 2 x 15 > the 20 first tokens: HF's -1e9 copies take part
+def test_trie_beams_returns_what_hf_beam_search_returns(backbone, length_penalty, excluded, beams):
     # p5x.inference.trie_beams re-implements HF's constrained beam search (the prompt read once per
     # prompt, not once per beam); it must give the same beams in the same order: ids of different
     # lengths (1-3 tokens, one a prefix of another), padded prompts (left-padded for the decoder-only
@@ -330,10 +331,12 @@ def test_trie_beams_returns_what_hf_beam_search_returns(backbone, length_penalty
         attn[1, 6:] = 0
         attn[3, 3:] = 0
     prompts[attn == 0] = PAD
-    beams = 6
+    assert (2 * beams > len({s[0] for s in items})) == (beams == 15)
     exclusion = None
     if excluded:
-        exclusion = trie.exclusion([{"it0", "it3"}, set(), {f"it{k}" for k in range(0, len(items), 2)}, {"it5"}])
+        # prompt 3 keeps 4 items, fewer than the beams: HF fills the rest from -1e9 copies
+        exclusion = trie.exclusion([{"it0", "it3"}, set(), {f"it{k}" for k in range(0, len(items), 2)},
+                                    {f"it{k}" for k in range(4, len(items))}])
     proc = TrieLogitsProcessor(trie, 0, not decoder_only, exclusion=exclusion, group_size=beams)
     embeds = model.get_input_embeddings()(prompts).detach()
     with torch.no_grad():
@@ -349,7 +352,13 @@ def test_trie_beams_returns_what_hf_beam_search_returns(backbone, length_penalty
     want = want.sequences
     cut = 0 if decoder_only else 1  # an encoder-decoder's rows start with the decoder start token
     assert got.shape[0] == want.shape[0] == 4 * beams
-    assert [_strip(s[cut:]) for s in got] == [_strip(s[cut:]) for s in want]
-    assert all(trie.contains(_strip(s[cut:])) for s in got)
+    # prompt 3, when excluded, keeps 4 items for more beams: the other slots repeat an item or hold
+    # none, as HF's do (no item: HF fills the slot with eos, trie_beams with pad)
+    def items_of(out):
+        return [tuple(_strip(s[cut:])) if trie.contains(_strip(s[cut:])) else None for s in out]
+
+    assert items_of(got) == items_of(want)
+    last = set(items_of(got)[3 * beams:]) - {None}
+    assert last <= {tuple(s) for s in items[:4]} if excluded else len(last) == beams
     lengths = {len(_strip(s[cut:])) for s in got}
     assert len(lengths) > 1  # beams of different lengths met, so the length penalty was in play
