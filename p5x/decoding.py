@@ -261,6 +261,42 @@ class ItemTrie:
         return Exclusion(key[order].to(self.device), torch.tensor(toks, dtype=torch.long)[order].to(self.device),
                          self.num_nodes)
 
+    def restriction(self, allowed: Sequence[Iterable[str]]) -> "Exclusion":
+        """The opposite of `exclusion`: each group g of rows may produce only the items `allowed[g]`
+        (names, e.g. the candidate list a prompt offers). Cut are the edges out of every node on the
+        path to an allowed item that lead to no allowed item, so decoding for group g is decoding
+        over a trie built from g's allowed items alone. Names the trie does not hold are ignored; a
+        group none of whose names it holds is left with nothing to produce (every root edge cut)."""
+        if allowed and not self._leaf_of_name:
+            raise ValueError("this ItemTrie was built without names: a restriction needs them")
+        import numpy as np
+
+        if getattr(self, "_np_parent", None) is None:  # CSR arrays as numpy, built on first use
+            self._np_parent = np.asarray(self._parent, dtype=np.int64)
+            self._np_ptr = self.child_ptr.cpu().numpy()
+            self._np_child = self.edge_child.cpu().numpy()
+            self._np_token = self.edge_token.cpu().numpy()
+        keys, toks = [], []
+        for g, names in enumerate(allowed):
+            on_path = {0}
+            for v in {self._leaf_of_name.get(str(name)) for name in names} - {None}:
+                while v not in on_path:
+                    on_path.add(v)
+                    v = self._parent[v]
+            nodes = np.fromiter(on_path, dtype=np.int64)
+            keep = np.zeros(self.num_nodes, dtype=bool)
+            keep[nodes] = True
+            start, stop = self._np_ptr[nodes], self._np_ptr[nodes + 1]
+            counts = stop - start
+            edges = np.repeat(start - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+            cut = ~keep[self._np_child[edges]]
+            keys.append(g * self.num_nodes + np.repeat(nodes, counts)[cut])
+            toks.append(self._np_token[edges][cut])
+        key = torch.from_numpy(np.concatenate(keys)) if keys else torch.zeros(0, dtype=torch.long)
+        tok = torch.from_numpy(np.concatenate(toks)) if toks else torch.zeros(0, dtype=torch.long)
+        order = key.argsort()
+        return Exclusion(key[order].to(self.device), tok[order].to(self.device), self.num_nodes)
+
     def mask_excluded(self, scores: torch.Tensor, exclusion: "Exclusion | None", states: torch.Tensor,
                       groups: torch.Tensor) -> torch.Tensor:
         """`scores` ([rows, width], changed in place and returned) with -inf wherever `exclusion`

@@ -119,8 +119,9 @@ class Evaluator:
         return out
 
     def candidates_by_generation(self, rows) -> dict:
+        # the answer is one of the prompt's candidates: the search runs over them alone
         ranked, _ = rank_items(self.ckpt, rows["inputs"], self.trie, self.cfg.beams, self.cfg.batch_size,
-                               desc="candidates", progress=self.cfg.progress)
+                               desc="candidates", progress=self.cfg.progress, allow=rows["candidates"])
         ranked = [_rank_by_beams(r, c) for r, c in zip(ranked, rows["candidates"])]
         return M.ranking_metrics(ranked, rows["item_id"], SAMPLED_KS, SAMPLED_NDCG_KS)
 
@@ -239,7 +240,8 @@ class Evaluator:
             return [("full ranking" + (" (history excluded)" if self.cfg.exclude_history else ""),
                      self.next_items(rows))]
         if kind == "candidates":
-            return [(f"sampled {_one_of(rows['candidates'])}, generation", self.candidates_by_generation(rows))]
+            return [(f"sampled {_one_of(rows['candidates'])}, generation among them",
+                     self.candidates_by_generation(rows))]
         if kind in ("yesno", "like", "rating_check", "preference"):
             res = [("yes/no rows", self.yes_no(rows))]
             if kind == "yesno" and family in ("direct", "sequential"):

@@ -70,7 +70,8 @@ def generate_text(ckpt, prompts: Sequence[str], max_new_tokens: int = 64, batch_
 @torch.no_grad()
 def rank_items(ckpt, prompts: Sequence[str], trie: ItemTrie, beams: int = 20, batch_size: int = 16,
                desc: str | None = None, progress: bool = True, fast: bool = True,
-               exclude: Sequence[Iterable[str]] | None = None) -> tuple[list[list[str]], int]:
+               exclude: Sequence[Iterable[str]] | None = None,
+               allow: Sequence[Iterable[str]] | None = None) -> tuple[list[list[str]], int]:
     """Top-`beams` raw item ids per prompt (best first) and the count of outputs that were not items.
 
     The search is p5x's own, `trie_beams`, which returns HF's beams (`one_token_beams`, its cut-down
@@ -80,10 +81,17 @@ def rank_items(ckpt, prompts: Sequence[str], trie: ItemTrie, beams: int = 20, ba
     `exclude[k]` (raw ids, e.g. the user's history) are items prompt k may not be given: the search
     runs over the catalogue without them (ItemTrie.exclusion), so the `beams` returned are the best
     other items, not what is left after dropping them from the usual beams; a prompt left with fewer
-    than `beams` items gets them all, and its batch-mates are searched as they would be alone."""
+    than `beams` items gets them all, and its batch-mates are searched as they would be alone.
+
+    `allow[k]` (raw ids, e.g. the candidates a prompt lists) is the other way round: prompt k may be
+    given only these items (ItemTrie.restriction), the search running as over a trie of them alone.
+    One of `exclude` and `allow` at a time."""
     ckpt.model.eval()
-    if exclude is not None and len(exclude) != len(prompts):
-        raise ValueError(f"rank_items got {len(exclude)} exclusion sets for {len(prompts)} prompts")
+    if exclude is not None and allow is not None:
+        raise ValueError("rank_items takes exclude or allow, not both")
+    for what, sets in (("exclusion", exclude), ("allowed", allow)):
+        if sets is not None and len(sets) != len(prompts):
+            raise ValueError(f"rank_items got {len(sets)} {what} sets for {len(prompts)} prompts")
     beams = min(beams, trie.num_items)
     ranked: list[list[str]] = []
     invalid = 0
@@ -94,7 +102,9 @@ def rank_items(ckpt, prompts: Sequence[str], trie: ItemTrie, beams: int = 20, ba
     for s, e in _batches(len(prompts), batch_size, desc, progress):
         batch = _encode(ckpt, prompts[s:e])
         banned = [set(map(str, x)) for x in exclude[s:e]] if exclude is not None else None
-        exclusion = trie.exclusion(banned) if banned is not None else None
+        only = [set(map(str, x)) for x in allow[s:e]] if allow is not None else None
+        exclusion = trie.exclusion(banned) if banned is not None else \
+            trie.restriction(only) if only is not None else None
         if fast:
             embeds = ckpt.model.embed(batch["input_ids"], batch.get("whole_word_ids"))
             search = one_token_beams if one_token and not ckpt.model.decoder_only else trie_beams
@@ -114,9 +124,11 @@ def rank_items(ckpt, prompts: Sequence[str], trie: ItemTrie, beams: int = 20, ba
             row, seen = [], set()
             # a prompt left with fewer items than beams fills its other beams with what the mask
             # forbade (score -inf): dropped, and not counted as the model's invalid output
-            short = banned is not None and trie.num_items - trie.count_named(banned[r]) < beams
+            short = (banned is not None and trie.num_items - trie.count_named(banned[r]) < beams) or \
+                (only is not None and trie.count_named(only[r]) < beams)
             for item in named[r * beams:(r + 1) * beams]:
-                if banned is not None and item in banned:
+                if item is not None and ((banned is not None and item in banned[r]) or
+                                         (only is not None and item not in only[r])):
                     continue
                 if item is None:
                     invalid += 0 if short else 1

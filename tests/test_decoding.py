@@ -296,6 +296,60 @@ def test_exclusion_decodes_as_a_catalogue_without_the_banned_items(backbone):
         assert got[k] == want
 
 
+def test_restriction_cuts_every_edge_off_the_allowed_paths():
+    items = make_items()
+    trie = _named_trie(items)
+    only_11 = _names_of(items, {(11, EOS)})
+    ex = trie.restriction([only_11, _names_of(items, {(11, 12, EOS)}), {"no-such-item"}, set()])
+    root = trie.root_states(1)
+    after_11 = trie.advance(root, torch.tensor([11]))
+    after_11_12 = trie.advance(after_11, torch.tensor([12]))
+
+    def allowed(group, states):
+        rows, toks = trie.banned_pairs(ex, states, torch.full_like(states, group))
+        live = trie.allowed_mask(states)[0].nonzero().flatten().tolist()
+        return sorted(set(live) - set(toks.tolist()))
+
+    # only the item "11": the root keeps token 11, after it only eos (11 12 and 11 12 13 cut)
+    assert allowed(0, root) == [11] and allowed(0, after_11) == [EOS]
+    # only "11 12": 11, then 12, then eos (13 cut)
+    assert allowed(1, root) == [11] and allowed(1, after_11) == [12] and allowed(1, after_11_12) == [EOS]
+    # nothing the trie holds: nothing left at the root
+    assert allowed(2, root) == [] and allowed(3, root) == []
+    with pytest.raises(ValueError):
+        ItemTrie(items, eos_id=EOS, vocab_size=VOCAB).restriction([{"it0"}])
+
+
+@pytest.mark.parametrize("backbone", ["t5", "llama"])
+def test_restriction_decodes_as_a_catalogue_of_the_allowed_items_alone(backbone):
+    # trie_beams with a restriction must give, per prompt, what it gives over a trie built from that
+    # prompt's allowed items alone (beams and scores); allowed = items the free search does not rank
+    # first (so the test fails if the restriction does nothing), prompt 1 given fewer than the beams
+    from p5x.inference import trie_beams
+
+    decoder_only, model, items, trie = _rigged(backbone)
+    torch.manual_seed(5)
+    prompts = torch.randint(3, VOCAB, (3, 7))
+    attn = torch.ones_like(prompts)
+    embeds = model.get_input_embeddings()(prompts).detach()
+    cut = 0 if decoder_only else 1
+    beams = 4
+    free = trie_beams(model, embeds, attn, trie, beams)
+    top = {tuple(_strip(free[k * beams][cut:])) for k in range(3)}
+    pool = [k for k, s in enumerate(items) if tuple(s) not in top]
+    allowed = [set(pool[::3]), set(pool[1:4:2]), set(pool[2::2])]
+    names = [{f"it{k}" for k in a} for a in allowed]
+    got, scores = trie_beams(model, embeds, attn, trie, beams, trie.restriction(names), with_scores=True)
+    for k in range(3):
+        sub = ItemTrie([items[j] for j in sorted(allowed[k])], eos_id=EOS, vocab_size=VOCAB, pad_id=PAD)
+        want, want_scores = trie_beams(model, embeds[k:k + 1], attn[k:k + 1], sub, beams, with_scores=True)
+        mine = got[k * beams:(k + 1) * beams]
+        n = min(beams, sub.num_items)
+        assert [_strip(s[cut:]) for s in mine[:n]] == [_strip(s[cut:]) for s in want[:n]]
+        assert torch.allclose(scores[k * beams:k * beams + n], want_scores[:n], atol=1e-5, rtol=0)
+        assert all(tuple(_strip(s[cut:])) in {tuple(items[j]) for j in allowed[k]} for s in mine[:n])
+
+
 def test_one_token_names_and_the_root_mask():
     """names_of_tokens names one-token items (token, eos) and nothing else; the root mask is
     allowed_mask at the root, built once."""

@@ -261,6 +261,13 @@ def test_ranking_without_history_is_the_ranking_of_the_rest(atomic_ckpt_dir, ckp
         got, bad = rank_items(ck, prompts, trie, beams=8, batch_size=3, progress=False, fast=fast, exclude=exclude)
         assert bad == 0
         assert got == [[i for i in r if i not in ex][:8] for r, ex in zip(wide, exclude)]
+    # a prompt left with 3 items for 8 beams gets those 3 and none of its excluded items (the search
+    # fills its other beams with masked ones, which rank_items drops)
+    keep = set(wide[1][4:7])
+    short = [set(), set(ck.index.codes) - keep, set(), set()]
+    for fast in (True, False):
+        got, bad = rank_items(ck, prompts, trie, beams=8, batch_size=3, progress=False, fast=fast, exclude=short)
+        assert bad == 0 and got[1] == wide[1][4:7] and got[0] == wide[0][:8]
     # multi-token ids: the same search as over a catalogue built without the excluded items
     ck = load_checkpoint(ckpt_dir, data=toy_ds)
     trie = build_item_trie(ck)
@@ -275,6 +282,38 @@ def test_ranking_without_history_is_the_ranking_of_the_rest(atomic_ckpt_dir, ckp
         assert not set(row) & ex
     with pytest.raises(ValueError):
         rank_items(ck, prompts, trie, exclude=exclude[:1], progress=False)
+
+
+def test_ranking_among_candidates_is_the_ranking_of_the_candidates(atomic_ckpt_dir, ckpt_dir, toy_ds):
+    # allow = a candidate list per prompt: one-token ids give the full ranking cut to the candidates,
+    # on the fast path and through generate; multi-token ids the search over a catalogue of them
+    ck = load_checkpoint(atomic_ckpt_dir, data=toy_ds)
+    trie = build_item_trie(ck)
+    users = sorted(ck.user_index.codes)[:4]
+    prompts = [f"what will user {ck.user_index.text(u)} buy next ?" for u in users]
+    full, _ = rank_items(ck, prompts, trie, beams=trie.num_items, batch_size=3, progress=False)
+    # candidates: every other item of the full ranking from the second on (the top item never one),
+    # and for the last prompt only 3 items, fewer than the beams
+    allow = [set(r[1::2]) for r in full[:3]] + [set(full[3][4:7])]
+    for fast in (True, False):
+        got, bad = rank_items(ck, prompts, trie, beams=5, batch_size=3, progress=False, fast=fast, allow=allow)
+        assert bad == 0
+        assert got == [[i for i in r if i in a][:5] for r, a in zip(full, allow)]
+    assert [len(r) for r in got] == [5, 5, 5, 3]
+    ck = load_checkpoint(ckpt_dir, data=toy_ds)
+    trie = build_item_trie(ck)
+    prompts = [f"what will user {ck.user_index.text(u)} buy next ?" for u in users]
+    free, _ = rank_items(ck, prompts, trie, beams=6, batch_size=1, progress=False)
+    allow = [set(sorted(ck.index.codes)[k::3]) - set(r[:1]) for k, r in enumerate(free)]
+    got, bad = rank_items(ck, prompts, trie, beams=6, batch_size=4, progress=False, allow=allow)
+    assert bad == 0 and all(len(r) == 6 for r in got)
+    for p, al, row in zip(prompts, allow, got):
+        assert row == rank_items(ck, [p], build_item_trie(ck, sorted(al)), beams=6, progress=False)[0][0]
+        assert set(row) <= al
+    with pytest.raises(ValueError):
+        rank_items(ck, prompts, trie, allow=allow[:1], progress=False)
+    with pytest.raises(ValueError):
+        rank_items(ck, prompts, trie, allow=allow, exclude=allow, progress=False)
 
 
 def test_evaluate_cli_excluding_history(ckpt_dir, toy_ds, tmp_path):
