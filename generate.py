@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--task", required=True, choices=TASKS, help="what to ask")
     ap.add_argument("--user", help="raw user id")
     ap.add_argument("--item", help="raw item id")
-    ap.add_argument("--candidates", help="comma-separated raw item ids (direct: pick the best)")
+    ap.add_argument("--candidates", help="comma-separated raw item ids (direct: pick the best; ranked by P(yes), "
+                    "or by generation among them with a candidates --template such as direct-5)")
     ap.add_argument("--feature", help="explanation: a feature word to talk about")
     ap.add_argument("--text", help="review: the review text to summarise and rate")
     ap.add_argument("--template", help="template id (default: the first seen template of the right kind)")
@@ -75,7 +76,7 @@ class Session:
 
     @functools.cached_property
     def trie(self):
-        """The item trie, built only for questions that generate items (sequential)."""
+        """The item trie, built only for questions that generate items (sequential, a candidates pick)."""
         from p5x.inference import build_item_trie
 
         return build_item_trie(self.ckpt)
@@ -154,7 +155,9 @@ class Session:
     def direct(self, user, item=None, candidates=None):
         from p5x.inference import yes_probability
 
-        t = self.template("direct", ("yesno",))
+        t = self.template("direct", ("yesno", "candidates") if candidates else ("yesno",))
+        if t.kind == "candidates":
+            return self.pick(user, candidates, t)
         items = candidates or [item]
         p = yes_probability(self.ckpt, [t.render(self.fields(user, i))[0] for i in items], progress=False)
         scored = sorted(zip(items, p.tolist()), key=lambda x: -x[1])
@@ -163,6 +166,21 @@ class Session:
         if candidates:
             out["best"] = scored[0][0]
         return out
+
+    def pick(self, user, candidates, t):
+        """A pick-from-candidates template: the beam search runs over the listed items alone, and
+        they come back in the order it ranks them (the ones it did not reach after, as listed)."""
+        from p5x.evaluate import _rank_by_beams
+        from p5x.inference import rank_items
+
+        f = self.fields(user)
+        f["candidates"] = " ".join(self.ckpt.index.text(c) for c in candidates)
+        beams = min(len(set(candidates)), self.args.beams)
+        ranked, _ = rank_items(self.ckpt, [t.render(f)[0]], self.trie, beams, progress=False,
+                               allow=[candidates])
+        order = _rank_by_beams(ranked[0], list(dict.fromkeys(candidates)))
+        return {"task": "direct", "user": user, "template": t.id, "best": order[0],
+                "ranked": [{"item": i, "title": self.title(i)} for i in order]}
 
     def explanation(self, user, item, feature=None):
         from p5x.inference import generate_text

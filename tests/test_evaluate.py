@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections import defaultdict
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import torch
 from p5x.checkpoint import load_checkpoint
 from p5x.evaluate import _rank_by_beams, _rating_metrics, main as evaluate_main, parse_number
 from p5x.inference import build_item_trie, rank_items
+from p5x.templates import load_templates
 from p5x.toydata import make_toy_dataset
 from p5x.training import TrainConfig, train
 
@@ -175,6 +177,20 @@ def test_generate_cli(ckpt_dir, toy_ds, tmp_path):
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert res["best"] in toy_ds.items and len(res["scores"]) == 4
+    # a candidates template: generation among the listed items, every one of them ranked once
+    cands = list(toy_ds.items)[3:9]
+    r = _gen("--checkpoint", str(ckpt_dir), "--task", "direct", "--user", user, "--candidates",
+             ",".join(cands + cands[:1]), "--template", "direct-5", "--beams", "4", "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    ranked = [x["item"] for x in res["ranked"]]
+    assert sorted(ranked) == sorted(cands) and res["best"] == ranked[0] and res["template"] == "direct-5"
+    # the first four are the beams of a search over the six alone; the other two follow in list order
+    ck = load_checkpoint(ckpt_dir, data=toy_ds)
+    t = load_templates()["direct"].by_id["direct-5"]
+    fields = {"user": ck.user_index.text(user), "candidates": " ".join(ck.index.text(c) for c in cands)}
+    want = rank_items(ck, [t.render(defaultdict(str, fields))[0]], build_item_trie(ck, cands), 4, progress=False)[0][0]
+    assert ranked[:4] == want and ranked[4:] == [c for c in cands if c not in want]
     # unknown user / item: one line, exit 2
     for args in (("--user", "nobody", "--item", item), ("--user", user, "--item", "no-such-item")):
         r = _gen("--checkpoint", str(ckpt_dir), "--task", "rating", *args)
