@@ -249,17 +249,28 @@ def _rigged(backbone):
     return decoder_only, tiny_llama(BAD) if decoder_only else tiny_t5(BAD), items, _named_trie(items)
 
 
+def _states_along(trie, tokens):
+    """The trie states at the root and after each of `tokens` in turn, one row each."""
+    states = [trie.root_states(1)]
+    for t in tokens:
+        states.append(trie.advance(states[-1], torch.tensor([t])))
+    return states
+
+
+def _cut_tokens(trie, ex, group, states):
+    """The tokens an exclusion or restriction cuts for `group` at `states`, sorted."""
+    return sorted(trie.banned_pairs(ex, states, torch.full_like(states, group))[1].tolist())
+
+
 def test_exclusion_cuts_whole_subtrees_and_single_items():
     items = make_items()
     trie = _named_trie(items)
     under_11 = {tuple(s) for s in items if s[0] == 11}
     ex = trie.exclusion([_names_of(items, under_11), _names_of(items, {(11, EOS)}), {"no-such-item"}])
-    root = trie.root_states(1)
-    after_11 = trie.advance(root, torch.tensor([11]))
+    root, after_11 = _states_along(trie, [11])
 
     def cut(group, states):
-        rows, toks = trie.banned_pairs(ex, states, torch.full_like(states, group))
-        return sorted(toks.tolist())
+        return _cut_tokens(trie, ex, group, states)
 
     # everything under token 11 banned: the root loses token 11 (no beam spent on that prefix)
     assert cut(0, root) == [11] and cut(0, after_11) == []
@@ -301,14 +312,11 @@ def test_restriction_cuts_every_edge_off_the_allowed_paths():
     trie = _named_trie(items)
     only_11 = _names_of(items, {(11, EOS)})
     ex = trie.restriction([only_11, _names_of(items, {(11, 12, EOS)}), {"no-such-item"}, set()])
-    root = trie.root_states(1)
-    after_11 = trie.advance(root, torch.tensor([11]))
-    after_11_12 = trie.advance(after_11, torch.tensor([12]))
+    root, after_11, after_11_12 = _states_along(trie, [11, 12])
 
     def allowed(group, states):
-        rows, toks = trie.banned_pairs(ex, states, torch.full_like(states, group))
         live = trie.allowed_mask(states)[0].nonzero().flatten().tolist()
-        return sorted(set(live) - set(toks.tolist()))
+        return sorted(set(live) - set(_cut_tokens(trie, ex, group, states)))
 
     # only the item "11": the root keeps token 11, after it only eos (11 12 and 11 12 13 cut)
     assert allowed(0, root) == [11] and allowed(0, after_11) == [EOS]
