@@ -271,8 +271,7 @@ class ItemTrie:
             raise ValueError("this ItemTrie was built without names: a restriction needs them")
         import numpy as np
 
-        if getattr(self, "_np_parent", None) is None:  # CSR arrays as numpy, built on first use
-            self._np_parent = np.asarray(self._parent, dtype=np.int64)
+        if getattr(self, "_np_ptr", None) is None:  # the CSR arrays as numpy, made on first use
             self._np_ptr = self.child_ptr.cpu().numpy()
             self._np_child = self.edge_child.cpu().numpy()
             self._np_token = self.edge_token.cpu().numpy()
