@@ -172,9 +172,10 @@ class Session:
         they come back in the order it ranks them (the ones it did not reach after, as listed)."""
         from p5x.evaluate import _rank_by_beams
         from p5x.inference import rank_items
+        from p5x.tasks import ID_SEP
 
         f = self.fields(user)
-        f["candidates"] = " ".join(self.ckpt.index.text(c) for c in candidates)
+        f["candidates"] = ID_SEP.join(self.ckpt.index.text(c) for c in candidates)
         beams = min(len(set(candidates)), self.args.beams)
         ranked, _ = rank_items(self.ckpt, [t.render(f)[0]], self.trie, beams, progress=False,
                                allow=[candidates])

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterable, Mapping, Sequence
 
+import numpy as np
 import torch
 from transformers import LogitsProcessor
 
@@ -107,6 +108,10 @@ class ItemTrie:
         self.edge_child = torch.tensor(kids, dtype=torch.long)
         self.edge_token = self.edge_key % self.vocab_size
         self.child_ptr = torch.tensor(ptr, dtype=torch.long)
+        # the same CSR arrays as numpy, for `restriction`'s per-group set arithmetic on the CPU
+        self._np_ptr = np.asarray(ptr, dtype=np.int64)
+        self._np_child = np.asarray(kids, dtype=np.int64)
+        self._np_token = np.asarray(keys, dtype=np.int64) % self.vocab_size
         self.is_leaf = self.child_ptr[1:] == self.child_ptr[:-1]
         self.depth = torch.tensor(depth, dtype=torch.long)
         self.max_len = max(len(s) for s in items)
@@ -269,12 +274,6 @@ class ItemTrie:
         group none of whose names it holds is left with nothing to produce (every root edge cut)."""
         if allowed and not self._leaf_of_name:
             raise ValueError("this ItemTrie was built without names: a restriction needs them")
-        import numpy as np
-
-        if getattr(self, "_np_ptr", None) is None:  # the CSR arrays as numpy, made on first use
-            self._np_ptr = self.child_ptr.cpu().numpy()
-            self._np_child = self.edge_child.cpu().numpy()
-            self._np_token = self.edge_token.cpu().numpy()
         keys, toks = [], []
         for g, names in enumerate(allowed):
             on_path = {0}

@@ -101,10 +101,17 @@ def rank_items(ckpt, prompts: Sequence[str], trie: ItemTrie, beams: int = 20, ba
     item_col = 0 if ckpt.model.decoder_only else 1
     for s, e in _batches(len(prompts), batch_size, desc, progress):
         batch = _encode(ckpt, prompts[s:e])
-        banned = [set(map(str, x)) for x in exclude[s:e]] if exclude is not None else None
-        only = [set(map(str, x)) for x in allow[s:e]] if allow is not None else None
-        exclusion = trie.exclusion(banned) if banned is not None else \
-            trie.restriction(only) if only is not None else None
+        # per prompt: the set of names it may not be given (exclude) or may only be given (allow),
+        # how many catalogue items that leaves it, and the search's cut edges
+        sets, exclusion, left = None, None, None
+        if exclude is not None or allow is not None:
+            sets = [set(map(str, x)) for x in (exclude if allow is None else allow)[s:e]]
+            if allow is None:
+                exclusion = trie.exclusion(sets)
+                left = [trie.num_items - trie.count_named(x) for x in sets]
+            else:
+                exclusion = trie.restriction(sets)
+                left = [trie.count_named(x) for x in sets]
         if fast:
             embeds = ckpt.model.embed(batch["input_ids"], batch.get("whole_word_ids"))
             search = one_token_beams if one_token and not ckpt.model.decoder_only else trie_beams
@@ -124,11 +131,9 @@ def rank_items(ckpt, prompts: Sequence[str], trie: ItemTrie, beams: int = 20, ba
             row, seen = [], set()
             # a prompt left with fewer items than beams fills its other beams with what the mask
             # forbade (score -inf): dropped, and not counted as the model's invalid output
-            short = (banned is not None and trie.num_items - trie.count_named(banned[r]) < beams) or \
-                (only is not None and trie.count_named(only[r]) < beams)
+            short = left is not None and left[r] < beams
             for item in named[r * beams:(r + 1) * beams]:
-                if item is not None and ((banned is not None and item in banned[r]) or
-                                         (only is not None and item not in only[r])):
+                if item is not None and sets is not None and (item in sets[r]) == (allow is None):
                     continue
                 if item is None:
                     invalid += 0 if short else 1
