@@ -267,6 +267,10 @@ def _print(result: dict) -> None:
         print(f"next items for user {result['user']} (template {result['template']}):")
         for k, it in enumerate(result["items"], 1):
             print(f"{k:3d}. {it['item']}  {it['title']}")
+    elif result["task"] == "direct" and "ranked" in result:  # generated among the candidates
+        print(f"candidates for user {result['user']}, as generated (template {result['template']}):")
+        for k, it in enumerate(result["ranked"], 1):
+            print(f"{k:3d}. {it['item']}  {it['title']}")
     elif result["task"] == "direct":
         for s in result["scores"]:
             print(f"P(yes) = {s['p_yes']:.3f}  {s['item']}  {s['title']}")

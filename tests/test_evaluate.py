@@ -191,6 +191,12 @@ def test_generate_cli(ckpt_dir, toy_ds, tmp_path):
     fields = {"user": ck.user_index.text(user), "candidates": " ".join(ck.index.text(c) for c in cands)}
     want = rank_items(ck, [t.render(defaultdict(str, fields))[0]], build_item_trie(ck, cands), 4, progress=False)[0][0]
     assert ranked[:4] == want and ranked[4:] == [c for c in cands if c not in want]
+    # the same question printed for a person: one numbered line per candidate, best first
+    r = _gen("--checkpoint", str(ckpt_dir), "--task", "direct", "--user", user, "--candidates",
+             ",".join(cands), "--template", "direct-5", "--beams", "4")
+    assert r.returncode == 0, r.stderr
+    lines = [x.split() for x in r.stdout.splitlines() if x.strip()[:3].strip().rstrip(".").isdigit()]
+    assert [x[1] for x in lines] == ranked
     # unknown user / item: one line, exit 2
     for args in (("--user", "nobody", "--item", item), ("--user", user, "--item", "no-such-item")):
         r = _gen("--checkpoint", str(ckpt_dir), "--task", "rating", *args)
