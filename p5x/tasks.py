@@ -134,6 +134,8 @@ class TaskContext:
     cache: dict = field(default_factory=dict, repr=False, compare=False)
     # training prompts per user, epoch and kind (TRAIN_COUNTS unless parse_kind_counts says otherwise)
     train_counts: dict = field(default_factory=lambda: parse_kind_counts(""))
+    # training only: each history item but the last is left out of a prompt with this probability
+    history_dropout: float = 0.0
 
 
 def make_context(ds: Dataset, index_method: str = "random", seed: int = 0,
@@ -443,6 +445,16 @@ RECORD_KINDS = frozenset({"rating", "rating_check", "like", "explain", "explain_
 # per-family preprocessing for each part
 
 
+def drop_history(hist: list, p: float, rng: np.random.Generator) -> list:
+    """The history with each item but the last left out with probability p, order kept.
+
+    An augmentation of training prompts only: the most recent item, the strongest signal for the
+    next one, always stays, so a prompt never loses its history altogether.
+    """
+    keep = rng.random(len(hist) - 1) >= p
+    return [x for x, k in zip(hist[:-1], keep) if k] + [hist[-1]]
+
+
 def _train_user_samples(ctx, family, pool, rng, users) -> list[Sample]:
     out = []
     counts = {k: n for k, n in ctx.train_counts.get(family, {}).items() if k in pool and n > 0}
@@ -464,6 +476,8 @@ def _train_user_samples(ctx, family, pool, rng, users) -> list[Sample]:
                 else:  # a random cut of the training sequence: the item after it is the target
                     j = int(rng.integers(1, len(xs)))
                     hist, tgt = xs[:j], xs[j]
+                    if ctx.history_dropout and j > 1:
+                        hist = drop_history(hist, ctx.history_dropout, rng)
                 out += _user_samples(ctx, family, kind, user, hist, tgt, "train", rng,
                                      positive=(k % 2 == 0), negs=negs)
     return out

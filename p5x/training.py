@@ -87,6 +87,10 @@ class TrainConfig:
                                                                "so that an item of the history is not predicted as "
                                                                "its own next item (0: off; p5x.training."
                                                                "history_unlikelihood)"})
+    history_dropout: float = field(default=0.0, metadata={"help": "training prompts only: leave each history item "
+                                                          "but the most recent out of a prompt with this probability, "
+                                                          "drawn afresh each epoch (an augmentation; 0: off; "
+                                                          "p5x.tasks.drop_history)"})
     kind_counts: str = field(default="", metadata={"help": "training prompts per user and epoch of a kind, over "
                                                    "P5's counts (" + _COUNTS_HELP + "): family.kind=N,..., e.g. "
                                                    "sequential.next=15; 0 drops a kind"})
@@ -168,6 +172,10 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')}: must be at least 1")
         if self.lr <= 0:
             raise ConfigError("--lr: must be positive")
+        if not 0 <= self.history_dropout < 1:
+            raise ConfigError(f"--history-dropout: expected a probability in [0, 1), got {self.history_dropout}")
+        if self.history_dropout and self.shots:
+            raise ConfigError("--history-dropout: not used with --shots (few-shot rows are drawn as they are)")
         if self.shots < 0 or self.holdout_users < 0:
             raise ConfigError("--shots and --holdout-users: must be >= 0")
         if self.holdout_users and not self.shots:
@@ -777,6 +785,7 @@ def task_rows(ds, cfg: TrainConfig):
     ctx = make_context(ds, index_method=cfg.index, seed=cfg.seed)
     if cfg.kind_counts:
         ctx.train_counts = parse_kind_counts(cfg.kind_counts)
+    ctx.history_dropout = cfg.history_dropout
     # 'all' is the standard families plus those the data supports (preference: ratings and titles)
     families = resolve_families(ctx, "all") if cfg.tasks == "all" else cfg.families()
     return ctx.index, ctx.user_index, render_epochs(ctx, families, cfg.epochs, cfg.seed, cfg.batch_size,
@@ -787,14 +796,14 @@ CACHE_DIR = "pretokenized"
 CACHE_FORMAT = 2  # bump when the encoding of rows changes (2: decoder-only text targets after a space)
 _CACHE_FIELDS = ("tasks", "model", "epochs", "batch_size", "seed", "index", "max_source_len", "max_target_len",
                  "max_words", "vocab_size", "shots", "holdout_users", "holdout_seed", "kind_counts", "next_first",
-                 "word_numbering")
+                 "word_numbering", "history_dropout")
 
 
 def cache_key(cfg: TrainConfig, ds) -> dict:
     """What the pre-tokenized rows depend on; a cache with another key is rebuilt, never reused."""
     key = {"data_hash": ds.data_hash, "templates_hash": templates_hash(), "format": CACHE_FORMAT,
            **{k: getattr(cfg, k) for k in _CACHE_FIELDS}}
-    for k in ("kind_counts", "next_first"):  # caches written before these options existed stay valid
+    for k in ("kind_counts", "next_first", "history_dropout"):  # caches from before these options stay valid
         if not key[k]:
             del key[k]
     if key["word_numbering"] == "p5":

@@ -135,6 +135,42 @@ def test_kind_counts_reweight_the_mixture(toy_ds, train0):
     assert same["inputs"] == train0["inputs"] and same["targets"] == train0["targets"]
 
 
+def test_drop_history_keeps_the_last_item_and_the_order():
+    import numpy as np
+
+    hist = list(range(40))
+    rng = np.random.default_rng(0)
+    kept = [tasks.drop_history(hist, 0.5, rng) for _ in range(200)]
+    for k in kept:
+        assert k[-1] == 39 and k == sorted(set(k))  # the most recent item, in order, no repeats
+    share = np.mean([len(k) - 1 for k in kept]) / 39
+    assert 0.45 < share < 0.55, share
+    assert tasks.drop_history([7], 0.9, rng) == [7]
+
+
+def test_history_dropout_thins_training_histories_only(toy_ds, ctx):
+    c = make_context(toy_ds, "random", seed=0)
+    c.train_counts = tasks.parse_kind_counts("sequential.next=20,sequential.candidates=0,sequential.yesno=0")
+    c.history_dropout = 0.5
+    rows = render(c, ["sequential"], "train", epoch=0)
+    order = {u: [x.item_id for x in xs] for u, xs in c.split.train.items()}
+    dropped = checked = 0
+    for inp, user, target in zip(rows["inputs"], rows["user_id"], rows["item_id"]):
+        full = order[user]
+        if full.count(target) != 1:
+            continue
+        cut = full[:full.index(target)][-tasks.HISTORY_LEN:]
+        hist = [c.index.lookup(m) for m in ID_WORD.findall(inp)]
+        assert hist and hist[-1] == cut[-1], (inp, cut)  # the item just before the target stays
+        it = iter(cut)
+        assert all(h in it for h in hist), (hist, cut)    # an ordered subsequence of the true cut
+        checked += 1
+        dropped += len(hist) < len(cut)
+    assert checked > 50 and dropped > 0.2 * checked, (checked, dropped)
+    for part in ("valid", "test"):  # evaluation prompts are never thinned
+        assert render(c, ["sequential"], part)["inputs"] == render(ctx, ["sequential"], part)["inputs"]
+
+
 @pytest.mark.parametrize("spec, msg", [("sequential.nxt=3", "did you mean next"), ("rating.rating=2", "per-user"),
                                        ("sequential.next=-1", ">= 0"), ("sequential.next=x", ">= 0"),
                                        ("sequential.next", "family.kind=N"), ("next=3", "family.kind=N")])

@@ -150,6 +150,21 @@ def test_kind_counts_reach_the_rendered_rows_and_the_cache_key(toy_ds, tmp_path,
     assert main(["--tasks", "preference", "--shots", "8", "--kind-counts", "sequential.next=2"]) == 2
 
 
+def test_history_dropout_reaches_the_rows_and_the_cache_key(toy_ds, tmp_path, capsys):
+    from p5x.training import cache_key, task_rows
+
+    counts = "sequential.next=10,sequential.candidates=0,sequential.yesno=0"
+    plain = _cfg("d", tmp_path, tasks="sequential", kind_counts=counts)
+    thin = _cfg("d", tmp_path, tasks="sequential", kind_counts=counts, history_dropout=0.6)
+    words = lambda cfg: sum(len(s.split()) for s in task_rows(toy_ds, cfg)[2]["inputs"])  # noqa: E731
+    assert words(thin) < words(plain)
+    assert "history_dropout" not in cache_key(plain, toy_ds)  # caches from before the option stay valid
+    assert cache_key(thin, toy_ds)["history_dropout"] == 0.6
+    for bad in ("1", "-0.1"):
+        assert main(["--history-dropout", bad]) == 2
+        assert "--history-dropout: expected a probability" in capsys.readouterr().err
+
+
 def test_next_first_epochs_hold_next_item_prompts_only(toy_ds, tmp_path):
     from collections import Counter
 
