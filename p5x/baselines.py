@@ -500,10 +500,11 @@ class BaselineConfig:
     progress: bool = True
     max_users: int | None = None  # score only the first N evaluated users (sorted ids), as p5x.evaluate
     models: tuple[str, ...] = RANKERS  # which sequential / direct baselines to run
+    by_history: bool = False  # sequential full ranking also per history-length group (p5x.metrics)
 
 
-def _row(model, task, protocol, metrics):
-    return {"model": model, "task": task, "protocol": protocol, "templates": "-", "metrics": metrics}
+def _row(model, task, protocol, metrics, **extra):
+    return {"model": model, "task": task, "protocol": protocol, "templates": "-", "metrics": metrics, **extra}
 
 
 def run_baselines(ds: Dataset, cfg: BaselineConfig) -> list[dict]:
@@ -537,6 +538,10 @@ def run_baselines(ds: Dataset, cfg: BaselineConfig) -> list[dict]:
         for name, fn in [(n, f) for n, f in scorers if n in cfg.models]:
             ranked = _full_rank(fn, hist, item_ids, max(SEQ_KS), cfg.exclude_history)
             rows.append(_row(name, "sequential", full, M.ranking_metrics(ranked, targets, SEQ_KS)))
+            if cfg.by_history:
+                rows += [_row(name, "sequential", M.history_groups_protocol(full, label), m, n=n) for label, n, m in
+                         M.ranking_metrics_by_group(ranked, targets, [M.history_group(len(h)) for h in hist],
+                                                    SEQ_KS, order=M.HISTORY_LABELS)]
     if "direct" in cfg.tasks:
         # exactly the candidate lists the model's pick-from-candidates prompts show (p5x.tasks);
         # a catalogue too small for 99 negatives per user gets fewer, and the label says how many
@@ -619,6 +624,9 @@ def main(argv=None) -> int:
                     help="where SASRec trains and the cooc / markov vectors are computed")
     ap.add_argument("--exclude-history", action="store_true",
                     help="sequential: drop the user's history items from the full ranking (off by default)")
+    ap.add_argument("--by-history", action="store_true",
+                    help="sequential: also report the users of each history length apart (0, 1-3, 4-5, 6-10, "
+                         "11-20, 21+ items), as p5x.evaluate --by-history")
     ap.add_argument("--threads", type=int, default=0,
                     help="CPU threads for torch (0: torch's default; 1 is far faster on a busy shared CPU)")
     ap.add_argument("--max-users", type=int, default=None,
@@ -635,7 +643,8 @@ def main(argv=None) -> int:
             raise ConfigError("--device cuda: no CUDA device available")
         cfg = BaselineConfig(args.split, tasks, args.seed, args.epochs, args.device, args.dim, args.layers,
                              args.dropout, args.mf_epochs, args.exclude_history, not args.no_progress,
-                             args.max_users, tuple(m.strip() for m in args.models.split(",") if m.strip()))
+                             args.max_users, tuple(m.strip() for m in args.models.split(",") if m.strip()),
+                             args.by_history)
         if args.max_users is not None and args.max_users < 1:
             raise ConfigError(f"--max-users: expected >= 1, got {args.max_users}")
         if args.threads < 0:
@@ -650,7 +659,7 @@ def main(argv=None) -> int:
                     "data_hash": ds.data_hash, "data": str(Path(args.data).resolve()),
                     "device": M.device_name(args.device), "tasks": list(tasks), "max_users": args.max_users,
                     "config": {k: getattr(cfg, k) for k in ("epochs", "dim", "layers", "dropout", "mf_epochs",
-                                                            "exclude_history", "models")}}
+                                                            "exclude_history", "models", "by_history")}}
             M.write_results(Path(args.out) / "metrics.json", rows, meta)
             print(f"wrote {Path(args.out) / 'metrics.json'}", file=sys.stderr)
     except P5XError as e:

@@ -68,6 +68,7 @@ class EvalConfig:
     template_ids: tuple[str, ...] = ()   # keep only these templates inside each group (empty: all)
     per_kind: int = 1                    # evaluate the first N templates of each kind per group (0: all)
     exclude_history: bool = False        # full ranking leaves out the items each user already has
+    by_history: bool = False             # next-item ranking also reported per history-length group
 
 
 def parse_number(text: str) -> float | None:
@@ -107,7 +108,8 @@ class Evaluator:
             (float(np.mean(ratings)) if ratings else 3.0)
 
     # -- kinds ---------------------------------------------------------------------------------
-    def next_items(self, rows) -> dict:
+    def next_items(self, rows) -> list[tuple]:
+        """[(protocol, metrics)] of full ranking, then (protocol, metrics, users) per history group."""
         exclude = None
         if self.cfg.exclude_history:
             exclude = [self.ctx.split.history_ids(u, self.cfg.split) for u in rows["user_id"]]
@@ -116,7 +118,13 @@ class Evaluator:
                                      exclude=exclude)
         out = M.ranking_metrics(ranked, rows["item_id"], SEQ_KS)
         out["invalid"] = invalid / max(1, len(rows["inputs"]) * min(self.cfg.beams, self.trie.num_items))
-        return out
+        protocol = "full ranking" + (" (history excluded)" if self.cfg.exclude_history else "")
+        res = [(protocol, out)]
+        if self.cfg.by_history:
+            groups = [M.history_group(len(self.ctx.split.history_ids(u, self.cfg.split))) for u in rows["user_id"]]
+            res += [(M.history_groups_protocol(protocol, label), m, n) for label, n, m in
+                    M.ranking_metrics_by_group(ranked, rows["item_id"], groups, SEQ_KS, order=M.HISTORY_LABELS)]
+        return res
 
     def candidates_by_generation(self, rows) -> dict:
         # the answer is one of the prompt's candidates: the search runs over them alone
@@ -228,17 +236,16 @@ class Evaluator:
             t0 = time.perf_counter()
             res = self.kind(family, kind, sub)
             sec = time.perf_counter() - t0  # wall time of the whole kind (every protocol it reports)
-            for protocol, metrics in res:
+            for protocol, metrics, *users in res:  # a history group's row says how many users it holds
                 out.append({"model": f"p5x ({self.ckpt.config.get('backbone', '?')})",
                             "task": f"{family}/{kind}", "protocol": protocol, "templates": group,
-                            "metrics": metrics, "template_ids": tids, "n": len(sub),
+                            "metrics": metrics, "template_ids": tids, "n": users[0] if users else len(sub),
                             "seconds": round(sec, 3), "ms_per_row": round(1000 * sec / max(1, len(sub)), 3)})
         return out
 
     def kind(self, family: str, kind: str, rows) -> list[tuple[str, dict]]:
         if kind == "next":
-            return [("full ranking" + (" (history excluded)" if self.cfg.exclude_history else ""),
-                     self.next_items(rows))]
+            return self.next_items(rows)
         if kind == "candidates":
             return [(f"sampled {_one_of(rows['candidates'])}, generation among them",
                      self.candidates_by_generation(rows))]
@@ -297,13 +304,14 @@ def evaluate(cfg: EvalConfig) -> tuple[list[dict], dict]:
             rows += run_baselines(ds, BaselineConfig(part=cfg.split, tasks=tasks, seed=config.get("seed", 0),
                                                      epochs=cfg.baseline_epochs, device=device,
                                                      progress=cfg.progress, max_users=cfg.max_users,
-                                                     exclude_history=cfg.exclude_history))
+                                                     exclude_history=cfg.exclude_history,
+                                                     by_history=cfg.by_history))
     meta = {"split": cfg.split, "indexing": config.get("indexing"), "seed": config.get("seed"),
             "templates": sorted({t for r in rows for t in r.get("template_ids", [])}),
             "data_hash": ds.data_hash, "data": str(Path(data).resolve()), "checkpoint": str(cfg.checkpoint),
             "model": config.get("backbone"), "device": M.device_name(device), "max_users": cfg.max_users,
             "beams": cfg.beams, "per_kind": cfg.per_kind, "template_ids_kept": list(cfg.template_ids) or None,
-            "exclude_history": cfg.exclude_history, "model_eval_seconds": round(model_seconds, 3)}
+            "exclude_history": cfg.exclude_history, "by_history": cfg.by_history, "model_eval_seconds": round(model_seconds, 3)}
     return rows, meta
 
 
@@ -324,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--exclude-history", action="store_true", help="sequential full ranking leaves out the "
                     "items each user already has (baseline rows too; labelled in the table). Default: every item "
                     "is ranked, as in the published anchors")
+    ap.add_argument("--by-history", action="store_true", help="sequential full ranking is also reported for "
+                    "the users of each history length apart (0, 1-3, 4-5, 6-10, 11-20, 21+ items; baseline rows "
+                    "too), the row's n saying how many users a group holds")
     ap.add_argument("--no-baselines", action="store_true", help="skip the same-split baseline rows")
     ap.add_argument("--baseline-epochs", type=int, default=50, help="SASRec epochs for the baseline rows")
     ap.add_argument("--out", type=Path, help="directory for metrics.json/metrics.md (default CKPT/eval)")
@@ -344,7 +355,7 @@ def main(argv=None) -> int:
                          args.batch_size, args.max_users, not args.no_baselines, args.baseline_epochs,
                          args.out, args.device, not args.no_progress,
                          tuple(t.strip() for t in args.template_ids.split(",") if t.strip()), args.per_kind,
-                         args.exclude_history)
+                         args.exclude_history, args.by_history)
         rows, meta = evaluate(cfg)
         out = args.out or (args.checkpoint / "eval")
         M.write_results(out / "metrics.json", rows, meta)

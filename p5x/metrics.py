@@ -76,18 +76,60 @@ def mrr(ranked_lists, targets, k: int | None = None, ranks=None) -> float:
     return float(np.mean(np.where(hit, 1.0 / (np.where(hit, r, 0) + 1.0), 0.0)))
 
 
+# users grouped by how many items their history holds, for breakdowns of next-item ranking
+# (--by-history in p5x.evaluate and p5x.baselines); the prompt shows at most the last 20 of them
+HISTORY_GROUPS = ((0, 0), (1, 3), (4, 5), (6, 10), (11, 20), (21, None))
+
+
+def history_group(n: int) -> str:
+    """The HISTORY_GROUPS label of a history of n items: '0', '1-3', ..., '21+'."""
+    for lo, hi in HISTORY_GROUPS:
+        if n >= lo and (hi is None or n <= hi):
+            return f"{lo}+" if hi is None else (str(lo) if lo == hi else f"{lo}-{hi}")
+    raise ValueError(f"history length must be >= 0, got {n}")
+
+
+HISTORY_LABELS = tuple(history_group(lo) for lo, _ in HISTORY_GROUPS)
+
+
+def ranking_metrics_by_group(ranked_lists, targets, groups, ks=(5, 10, 20), ndcg_ks=None,
+                             order=None) -> list[tuple[str, int, dict[str, float]]]:
+    """ranking_metrics over each group of users apart: [(label, users, metrics)].
+
+    `groups` holds one label per user; groups come in `order` (labels missing from it last, in
+    first-seen order), and a group without users is left out. Each group's metrics weighted by its
+    users average back to ranking_metrics over everyone.
+    """
+    r = target_ranks(ranked_lists, targets)
+    g = np.asarray(groups, dtype=object)
+    if len(g) != len(r):
+        raise ValueError(f"{len(g)} group labels but {len(r)} users")
+    present, order = set(g), list(order or ())
+    labels = [x for x in order if x in present] + [x for x in dict.fromkeys(g) if x not in order]
+    out = []
+    for label in labels:
+        sub = r[g == label]
+        out.append((label, len(sub), _metrics_of_ranks(sub, ks, ndcg_ks)))
+    return out
+
+
+def history_groups_protocol(protocol: str, label: str) -> str:
+    """'full ranking' -> 'full ranking, users with 4-5 history items'."""
+    return f"{protocol}, users with {label} history items"
+
+
 # the short names in CONTRIBUTING.md's seam
 hit_rate, ndcg = hit_rate_at_k, ndcg_at_k
 
 
 def ranking_metrics(ranked_lists, targets, ks=(5, 10, 20), ndcg_ks=None) -> dict[str, float]:
     """{"HR@k": .., "NDCG@k": ..} for each k (NDCG at `ndcg_ks`, default the same ks)."""
-    r = target_ranks(ranked_lists, targets)
-    out = {}
-    for k in ks:
-        out[f"HR@{k}"] = hit_rate_at_k(None, None, k, ranks=r)
-    for k in (ks if ndcg_ks is None else ndcg_ks):
-        out[f"NDCG@{k}"] = ndcg_at_k(None, None, k, ranks=r)
+    return _metrics_of_ranks(target_ranks(ranked_lists, targets), ks, ndcg_ks)
+
+
+def _metrics_of_ranks(r: np.ndarray, ks, ndcg_ks) -> dict[str, float]:
+    out = {f"HR@{k}": hit_rate_at_k(None, None, k, ranks=r) for k in ks}
+    out.update({f"NDCG@{k}": ndcg_at_k(None, None, k, ranks=r) for k in (ks if ndcg_ks is None else ndcg_ks)})
     return out
 
 

@@ -264,3 +264,26 @@ def test_cooc_and_markov_vectors_are_computed_on_the_baseline_device(toy_ds, mon
         seen.clear()
         B.run_baselines(toy_ds, B.BaselineConfig(tasks=("sequential",), models=("cooc", "markov"), device=dev, **FAST))
         assert seen == {"cooc": want, "markov": want}, dev
+
+
+def test_by_history_rows_split_the_users_and_average_back(toy_ds):
+    from p5x import metrics as M
+
+    cfg = B.BaselineConfig(tasks=("sequential",), models=("popularity", "transition"), by_history=True, **FAST)
+    rows = B.run_baselines(toy_ds, cfg)
+    split = time_split(toy_ds)
+    users = split.eval_users("test")
+    want = {}
+    for u in users:
+        g = M.history_group(len(split.history_ids(u, "test")))
+        want[g] = want.get(g, 0) + 1
+    assert len(want) > 1, want  # the toy data has histories of several lengths
+    for model in ("popularity", "transition"):
+        whole = [r for r in rows if r["model"] == model and r["protocol"] == "full ranking"]
+        parts = [r for r in rows if r["model"] == model and r["protocol"].startswith("full ranking, users with ")]
+        assert len(whole) == 1 and "n" not in whole[0]
+        assert {r["protocol"].split("with ")[1].split(" ")[0]: r["n"] for r in parts} == want
+        for k, v in whole[0]["metrics"].items():
+            assert sum(r["n"] * r["metrics"][k] for r in parts) / len(users) == pytest.approx(v)
+    assert not [r for r in B.run_baselines(toy_ds, B.BaselineConfig(tasks=("sequential",), **FAST))
+                if ", users with " in r["protocol"]]

@@ -351,6 +351,30 @@ def test_evaluate_cli_excluding_history(ckpt_dir, toy_ds, tmp_path):
     assert all(r["protocol"] == "full ranking (history excluded)" for r in full)
 
 
+def test_evaluate_cli_by_history_length(ckpt_dir, toy_ds, tmp_path, capsys):
+    out = tmp_path / "eval"
+    rc = evaluate_main(["--checkpoint", str(ckpt_dir), "--tasks", "sequential", "--template-ids", "sequential-1",
+                        "--templates", "seen", "--beams", "5", "--baseline-epochs", "1", "--by-history", "--out",
+                        str(out), "--no-progress"])
+    assert rc == 0
+    assert "| full ranking, users with " in capsys.readouterr().out
+    res = json.loads((out / "metrics.json").read_text())
+    assert res["meta"]["by_history"] is True
+    n, groups = None, {}
+    for model in ("p5x (t5-tiny)", "popularity", "sasrec"):
+        rows = [r for r in res["rows"] if r["model"] == model and r["task"].startswith("sequential")
+                and r["protocol"].startswith("full ranking")]
+        whole, parts = rows[0], rows[1:]
+        assert whole["protocol"] == "full ranking" and len(parts) > 1
+        n = n or whole["n"]  # the model's row counts the users; the baselines score the same ones
+        assert sum(r["n"] for r in parts) == n
+        for k in ("HR@10", "NDCG@10"):
+            assert sum(r["n"] * r["metrics"][k] for r in parts) / n == pytest.approx(whole["metrics"][k])
+        groups[model] = {r["protocol"]: r["n"] for r in parts}
+    # the model's users fall in the groups p5x.baselines (tested against the split) puts them in
+    assert groups["p5x (t5-tiny)"] == groups["popularity"] == groups["sasrec"]
+
+
 @pytest.mark.parametrize("atomic", [True, False])
 def test_a_prompt_with_few_items_left_does_not_narrow_its_batch(atomic, atomic_ckpt_dir, ckpt_dir, toy_ds):
     ck = load_checkpoint(atomic_ckpt_dir if atomic else ckpt_dir, data=toy_ds)

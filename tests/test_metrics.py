@@ -105,3 +105,29 @@ def test_write_results(tmp_path):
     md = (tmp_path / "out" / "metrics.md").read_text()
     assert "| popularity | sequential |" in md and "- data_hash: abc" in md
     assert sorted(x.name for x in (tmp_path / "out").iterdir()) == ["metrics.json", "metrics.md"]
+
+
+def test_history_groups_cover_every_length_once():
+    assert [M.history_group(n) for n in (0, 1, 3, 4, 5, 6, 10, 11, 20, 21, 500)] == \
+        ["0", "1-3", "1-3", "4-5", "4-5", "6-10", "6-10", "11-20", "11-20", "21+", "21+"]
+    assert M.HISTORY_LABELS == ("0", "1-3", "4-5", "6-10", "11-20", "21+")
+    with pytest.raises(ValueError):
+        M.history_group(-1)
+    assert M.history_groups_protocol("full ranking", "4-5") == "full ranking, users with 4-5 history items"
+
+
+def test_ranking_metrics_by_group_by_hand():
+    ranked = [["a", "b"], ["b", "a"], ["c", "a"], ["a", "c"]]
+    targets = ["a", "a", "x", "c"]       # ranks 0, 1, absent, 1
+    groups = ["4-5", "1-3", "1-3", "4-5"]
+    got = M.ranking_metrics_by_group(ranked, targets, groups, ks=(1, 2), order=M.HISTORY_LABELS)
+    assert [(g, n) for g, n, _ in got] == [("1-3", 2), ("4-5", 2)]  # HISTORY_LABELS order, not first-seen
+    short, long_ = got[0][2], got[1][2]
+    assert short == pytest.approx({"HR@1": 0.0, "HR@2": 0.5, "NDCG@1": 0.0, "NDCG@2": 0.5 / math.log2(3)})
+    assert long_ == pytest.approx({"HR@1": 0.5, "HR@2": 1.0, "NDCG@1": 0.5, "NDCG@2": (1 + 1 / math.log2(3)) / 2})
+    overall = M.ranking_metrics(ranked, targets, ks=(1, 2))
+    for k in overall:  # each group weighted by its users gives back the whole
+        assert sum(n * m[k] for _, n, m in got) / len(targets) == pytest.approx(overall[k])
+    assert [g for g, _, _ in M.ranking_metrics_by_group(ranked, targets, ["z", "y", "z", "y"], ks=(1,))] == ["z", "y"]
+    with pytest.raises(ValueError):
+        M.ranking_metrics_by_group(ranked, targets, groups[:3])
