@@ -539,9 +539,10 @@ def run_baselines(ds: Dataset, cfg: BaselineConfig) -> list[dict]:
             ranked = _full_rank(fn, hist, item_ids, max(SEQ_KS), cfg.exclude_history)
             rows.append(_row(name, "sequential", full, M.ranking_metrics(ranked, targets, SEQ_KS)))
             if cfg.by_history:
-                rows += [_row(name, "sequential", M.history_groups_protocol(full, label), m, n=n) for label, n, m in
-                         M.ranking_metrics_by_group(ranked, targets, [M.history_group(len(h)) for h in hist],
-                                                    SEQ_KS, order=M.HISTORY_LABELS)]
+                groups = M.ranking_metrics_by_group(ranked, targets, [M.history_group(len(h)) for h in hist],
+                                                    SEQ_KS, order=M.HISTORY_LABELS)
+                rows += [_row(name, "sequential", M.history_groups_protocol(full, label, n), m, n=n)
+                         for label, n, m in groups]
     if "direct" in cfg.tasks:
         # exactly the candidate lists the model's pick-from-candidates prompts show (p5x.tasks);
         # a catalogue too small for 99 negatives per user gets fewer, and the label says how many

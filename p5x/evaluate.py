@@ -122,7 +122,7 @@ class Evaluator:
         res = [(protocol, out)]
         if self.cfg.by_history:
             groups = [M.history_group(len(self.ctx.split.history_ids(u, self.cfg.split))) for u in rows["user_id"]]
-            res += [(M.history_groups_protocol(protocol, label), m, n) for label, n, m in
+            res += [(M.history_groups_protocol(protocol, label, n), m, n) for label, n, m in
                     M.ranking_metrics_by_group(ranked, rows["item_id"], groups, SEQ_KS, order=M.HISTORY_LABELS)]
         return res
 
@@ -311,7 +311,8 @@ def evaluate(cfg: EvalConfig) -> tuple[list[dict], dict]:
             "data_hash": ds.data_hash, "data": str(Path(data).resolve()), "checkpoint": str(cfg.checkpoint),
             "model": config.get("backbone"), "device": M.device_name(device), "max_users": cfg.max_users,
             "beams": cfg.beams, "per_kind": cfg.per_kind, "template_ids_kept": list(cfg.template_ids) or None,
-            "exclude_history": cfg.exclude_history, "by_history": cfg.by_history, "model_eval_seconds": round(model_seconds, 3)}
+            "exclude_history": cfg.exclude_history, "by_history": cfg.by_history,
+            "model_eval_seconds": round(model_seconds, 3)}
     return rows, meta
 
 

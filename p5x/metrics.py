@@ -113,9 +113,9 @@ def ranking_metrics_by_group(ranked_lists, targets, groups, ks=(5, 10, 20), ndcg
     return out
 
 
-def history_groups_protocol(protocol: str, label: str) -> str:
-    """'full ranking' -> 'full ranking, users with 4-5 history items'."""
-    return f"{protocol}, users with {label} history items"
+def history_groups_protocol(protocol: str, label: str, users: int) -> str:
+    """'full ranking' -> 'full ranking, users with 4-5 history items (n=9021)'."""
+    return f"{protocol}, users with {label} history items (n={users})"
 
 
 # the short names in CONTRIBUTING.md's seam

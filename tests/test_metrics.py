@@ -113,7 +113,7 @@ def test_history_groups_cover_every_length_once():
     assert M.HISTORY_LABELS == ("0", "1-3", "4-5", "6-10", "11-20", "21+")
     with pytest.raises(ValueError):
         M.history_group(-1)
-    assert M.history_groups_protocol("full ranking", "4-5") == "full ranking, users with 4-5 history items"
+    assert M.history_groups_protocol("full ranking", "4-5", 12) == "full ranking, users with 4-5 history items (n=12)"
 
 
 def test_ranking_metrics_by_group_by_hand():
