@@ -69,6 +69,7 @@ class EvalConfig:
     per_kind: int = 1                    # evaluate the first N templates of each kind per group (0: all)
     exclude_history: bool = False        # full ranking leaves out the items each user already has
     by_history: bool = False             # next-item ranking also reported per history-length group
+    history_len: int = 0                 # prompts show at most the last N history items (0: as trained)
 
 
 def parse_number(text: str) -> float | None:
@@ -102,6 +103,8 @@ class Evaluator:
         self.ckpt, self.ds, self.cfg = ckpt, ds, cfg
         self.ctx = ctx or make_context(ds, ckpt.config.get("indexing", "random"), ckpt.config.get("seed", 0),
                                        index=ckpt.index, user_index=ckpt.user_index)
+        if cfg.history_len:
+            self.ctx.history_len = cfg.history_len
         self.trie = build_item_trie(ckpt)
         ratings = [x.rating for xs in self.ctx.split.train.values() for x in xs if x.rating is not None]
         self.train_mean = train_mean if train_mean is not None else \
@@ -236,7 +239,11 @@ class Evaluator:
             t0 = time.perf_counter()
             res = self.kind(family, kind, sub)
             sec = time.perf_counter() - t0  # wall time of the whole kind (every protocol it reports)
+            cut = self.cfg.history_len and any("{history}" in t.input for t in self.ctx.templates[family].templates
+                                               if t.id in tids)
             for protocol, metrics, *users in res:  # a history group's row says how many users it holds
+                if cut:
+                    protocol += f", prompts show the last {self.cfg.history_len} history item(s)"
                 out.append({"model": f"p5x ({self.ckpt.config.get('backbone', '?')})",
                             "task": f"{family}/{kind}", "protocol": protocol, "templates": group,
                             "metrics": metrics, "template_ids": tids, "n": users[0] if users else len(sub),
@@ -312,6 +319,7 @@ def evaluate(cfg: EvalConfig) -> tuple[list[dict], dict]:
             "model": config.get("backbone"), "device": M.device_name(device), "max_users": cfg.max_users,
             "beams": cfg.beams, "per_kind": cfg.per_kind, "template_ids_kept": list(cfg.template_ids) or None,
             "exclude_history": cfg.exclude_history, "by_history": cfg.by_history,
+            "history_len": cfg.history_len or None,
             "model_eval_seconds": round(model_seconds, 3)}
     return rows, meta
 
@@ -336,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--by-history", action="store_true", help="sequential full ranking is also reported for "
                     "the users of each history length apart (0, 1-3, 4-5, 6-10, 11-20, 21+ items; baseline rows "
                     "too), the row's n saying how many users a group holds")
+    ap.add_argument("--history-len", type=int, default=0, help="prompts show at most the last N history items "
+                    "(0: as in training, the last 20): a probe of how much of the history the model uses; "
+                    "rows of prompts that show a history say so in their protocol")
     ap.add_argument("--no-baselines", action="store_true", help="skip the same-split baseline rows")
     ap.add_argument("--baseline-epochs", type=int, default=50, help="SASRec epochs for the baseline rows")
     ap.add_argument("--out", type=Path, help="directory for metrics.json/metrics.md (default CKPT/eval)")
@@ -352,11 +363,13 @@ def main(argv=None) -> int:
             raise ConfigError(f"--templates: expected seen, unseen or seen,unseen, got {args.templates!r}")
         if args.beams < 1 or args.batch_size < 1 or args.per_kind < 0:
             raise ConfigError("--beams and --batch-size must be positive, --per-kind not negative")
+        if args.history_len < 0:
+            raise ConfigError(f"--history-len: expected >= 0 (0: as in training), got {args.history_len}")
         cfg = EvalConfig(args.checkpoint, args.data, args.tasks, args.split, groups, args.beams,
                          args.batch_size, args.max_users, not args.no_baselines, args.baseline_epochs,
                          args.out, args.device, not args.no_progress,
                          tuple(t.strip() for t in args.template_ids.split(",") if t.strip()), args.per_kind,
-                         args.exclude_history, args.by_history)
+                         args.exclude_history, args.by_history, args.history_len)
         rows, meta = evaluate(cfg)
         out = args.out or (args.checkpoint / "eval")
         M.write_results(out / "metrics.json", rows, meta)

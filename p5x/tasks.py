@@ -136,6 +136,8 @@ class TaskContext:
     train_counts: dict = field(default_factory=lambda: parse_kind_counts(""))
     # training only: each history item but the last is left out of a prompt with this probability
     history_dropout: float = 0.0
+    # a prompt's {history} shows at most the last history_len items (p5x.evaluate --history-len probes less)
+    history_len: int = HISTORY_LEN
 
 
 def make_context(ds: Dataset, index_method: str = "random", seed: int = 0,
@@ -255,9 +257,9 @@ def eval_candidates(ctx: TaskContext, user: str, part: str) -> list[str]:
 
 
 def history_text(ctx: TaskContext, history: list[Interaction]) -> str:
-    """The {history} field: the last HISTORY_LEN item ids, oldest first."""
+    """The {history} field: the last ctx.history_len item ids (HISTORY_LEN unless set), oldest first."""
     cat = _cat(ctx)
-    return cat.join([cat.pos[x.item_id] for x in history[-HISTORY_LEN:]])
+    return cat.join([cat.pos[x.item_id] for x in history[-ctx.history_len:]])
 
 
 def _eval_negative(ctx, user, part) -> str | None:

@@ -375,6 +375,31 @@ def test_evaluate_cli_by_history_length(ckpt_dir, toy_ds, tmp_path, capsys):
     assert groups["p5x (t5-tiny)"] == groups["popularity"] == groups["sasrec"]
 
 
+def test_history_len_cuts_what_the_prompts_show(ckpt_dir, toy_ds, tmp_path, capsys):
+    import re
+
+    from p5x import evaluate as E
+    from p5x.tasks import render
+
+    ck = load_checkpoint(ckpt_dir, data=toy_ds)
+    ev = E.Evaluator(ck, toy_ds, E.EvalConfig(ckpt_dir, history_len=1, progress=False))
+    rows = render(ev.ctx, ["sequential"], "test", templates=["sequential-1"])
+    for inp, user in zip(rows["inputs"], rows["user_id"]):  # one item: the user's most recent
+        shown = [ck.index.lookup(m) for m in re.findall(r"(?:<i\d+_\d+>)+", inp)]
+        assert shown == [ev.ctx.split.history_ids(user, "test")[-1]], inp
+    out = tmp_path / "eval"
+    assert evaluate_main(["--checkpoint", str(ckpt_dir), "--tasks", "sequential,direct", "--templates", "seen",
+                          "--template-ids", "sequential-1,direct-1", "--beams", "5", "--history-len", "1",
+                          "--no-baselines", "--out", str(out), "--no-progress"]) == 0
+    res = json.loads((out / "metrics.json").read_text())
+    assert res["meta"]["history_len"] == 1
+    cut = ", prompts show the last 1 history item(s)"
+    assert {r["task"].split("/")[0] for r in res["rows"] if r["protocol"].endswith(cut)} == {"sequential"}
+    assert [r for r in res["rows"] if r["task"].startswith("direct")]  # direct prompts show no history
+    assert evaluate_main(["--checkpoint", str(ckpt_dir), "--history-len", "-1"]) == 2
+    assert "--history-len: expected >= 0" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("atomic", [True, False])
 def test_a_prompt_with_few_items_left_does_not_narrow_its_batch(atomic, atomic_ckpt_dir, ckpt_dir, toy_ds):
     ck = load_checkpoint(atomic_ckpt_dir if atomic else ckpt_dir, data=toy_ds)
