@@ -259,7 +259,7 @@ def _oneshot_config(tmp_path) -> Path:
                      "warmup_steps": 2, "vocab_size": 200, "max_source_len": 96, "max_target_len": 16,
                      "save_steps": 1000, "logging_steps": 2, "use_cpu": True},
            "evaluate": {"tasks": "sequential", "templates": "seen,unseen", "template_ids": "sequential-1,sequential-13",
-                        "beams": 5, "batch_size": 8, "device": "cpu"},
+                        "beams": 5, "batch_size": 8, "device": "cpu", "by_history": True},
            # one pass at most: on an idle machine the run ends when the toy epoch does (~80 s), and the
            # large budget leaves room for every stage on a loaded one
            "oneshot": {"budget_s": 300, "calibrate_train_s": 2, "calibrate_users": 8, "margin_s": 5,
@@ -286,8 +286,13 @@ def test_oneshot_runs_every_stage_inside_its_budget(toy_dir, tmp_path):
         assert "reached at step" in (out / "oneshot.log").read_text()
     assert s["train"]["rows"] > 0 and 0 < s["train"]["passes"] <= 1.0  # oneshot.max_passes 1
     assert {r["templates"] for r in s["results"]} == {"seen", "unseen"}
-    assert sorted(r["protocol"] for r in s["results"]) == ["full ranking", "full ranking",
-                                                           "full ranking (history excluded)"]
+    whole = [r for r in s["results"] if ", users with " not in r["protocol"]]
+    assert sorted(r["protocol"] for r in whole) == ["full ranking", "full ranking", "full ranking (history excluded)"]
+    groups = [r for r in s["results"] if ", users with " in r["protocol"]]  # config.json's evaluate asks for them
+    assert groups and sum(r["n"] for r in groups) == sum(r["n"] for r in whole)
+    listed = (out / "summary.md").read_text().split("ms per user and prompt: ")[1].split(")")[0]
+    assert [x.rsplit(" ", 1)[0] for x in listed.split(", ")] == \
+        ["sequential-1", "sequential-13", "sequential-1 history excluded"], listed  # one entry a prompt, no group rows
     assert s["eval_users"] == s["test_users"] > 0
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["summary.json", "summary.md", "metrics_sequential-1.json", "metrics_sequential-13.json",

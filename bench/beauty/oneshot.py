@@ -330,7 +330,8 @@ def summary_md(s: dict) -> str:
         users = s.get("eval_users")
         lines += ["", f"test users scored: {users} of {s.get('test_users')} (ms per user and prompt: "
                   + ", ".join(f"{','.join(r['template_ids'])}{' history excluded' if 'excluded' in r['protocol'] else ''}"
-                              f" {r['ms_per_row']}" for r in s["results"]) + ")", "",
+                              f" {r['ms_per_row']}" for r in s["results"] if ", users with " not in r["protocol"])
+                  + ")", "",
                   format_table(s["results"])]
     return "\n".join(lines) + "\n"
 
