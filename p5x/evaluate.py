@@ -30,7 +30,7 @@ import re
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +40,7 @@ from . import metrics as M
 from .errors import ConfigError, P5XError, close_matches
 from .inference import build_item_trie, generate_text, rank_items, target_logprob, yes_probability
 from .schema import load_dataset
-from .tasks import history_text, make_context, render, resolve_families
+from .tasks import HISTORY_LEN, history_text, make_context, render, resolve_families
 from .templates import Template
 
 SEQ_KS = (5, 10, 20)
@@ -103,8 +103,11 @@ class Evaluator:
         self.ckpt, self.ds, self.cfg = ckpt, ds, cfg
         self.ctx = ctx or make_context(ds, ckpt.config.get("indexing", "random"), ckpt.config.get("seed", 0),
                                        index=ckpt.index, user_index=ckpt.user_index)
-        if cfg.history_len:
-            self.ctx.history_len = cfg.history_len
+        if not 0 <= cfg.history_len <= HISTORY_LEN:
+            raise ConfigError(f"--history-len: expected 1-{HISTORY_LEN} (training shows {HISTORY_LEN}; 0: as "
+                              f"in training), got {cfg.history_len}")
+        if cfg.history_len:  # a copy: a context handed in (p5x.transfer shares one) stays as it was
+            self.ctx = replace(self.ctx, history_len=cfg.history_len)
         self.trie = build_item_trie(ckpt)
         ratings = [x.rating for xs in self.ctx.split.train.values() for x in xs if x.rating is not None]
         self.train_mean = train_mean if train_mean is not None else \
@@ -123,9 +126,12 @@ class Evaluator:
         out["invalid"] = invalid / max(1, len(rows["inputs"]) * min(self.cfg.beams, self.trie.num_items))
         protocol = "full ranking" + (" (history excluded)" if self.cfg.exclude_history else "")
         res = [(protocol, out)]
-        if self.cfg.by_history:
+        if self.cfg.by_history:  # metrics over the group's prompts; its label counts users, as the baselines' do
             groups = [M.history_group(len(self.ctx.split.history_ids(u, self.cfg.split))) for u in rows["user_id"]]
-            res += [(M.history_groups_protocol(protocol, label, n), m, n) for label, n, m in
+            users: dict[str, set] = defaultdict(set)
+            for u, g in zip(rows["user_id"], groups):
+                users[g].add(u)
+            res += [(M.history_groups_protocol(protocol, label, len(users[label])), m, n) for label, n, m in
                     M.ranking_metrics_by_group(ranked, rows["item_id"], groups, SEQ_KS, order=M.HISTORY_LABELS)]
         return res
 
@@ -241,16 +247,17 @@ class Evaluator:
             sec = time.perf_counter() - t0  # wall time of the whole kind (every protocol it reports)
             cut = self.cfg.history_len and any("{history}" in t.input for t in self.ctx.templates[family].templates
                                                if t.id in tids)
-            for protocol, metrics, *users in res:  # a history group's row says how many users it holds
+            for protocol, metrics, *n in res:  # a history group's row counts its own prompts
                 if cut:
                     protocol += f", prompts show the last {self.cfg.history_len} history item(s)"
                 out.append({"model": f"p5x ({self.ckpt.config.get('backbone', '?')})",
                             "task": f"{family}/{kind}", "protocol": protocol, "templates": group,
-                            "metrics": metrics, "template_ids": tids, "n": users[0] if users else len(sub),
+                            "metrics": metrics, "template_ids": tids, "n": n[0] if n else len(sub),
                             "seconds": round(sec, 3), "ms_per_row": round(1000 * sec / max(1, len(sub)), 3)})
         return out
 
-    def kind(self, family: str, kind: str, rows) -> list[tuple[str, dict]]:
+    def kind(self, family: str, kind: str, rows) -> list[tuple]:
+        """[(protocol, metrics)] or, for a history group's row, (protocol, metrics, prompts)."""
         if kind == "next":
             return self.next_items(rows)
         if kind == "candidates":
@@ -344,9 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--by-history", action="store_true", help="sequential full ranking is also reported for "
                     "the users of each history length apart (0, 1-3, 4-5, 6-10, 11-20, 21+ items; baseline rows "
                     "too), the row's n saying how many users a group holds")
-    ap.add_argument("--history-len", type=int, default=0, help="prompts show at most the last N history items "
-                    "(0: as in training, the last 20): a probe of how much of the history the model uses; "
-                    "rows of prompts that show a history say so in their protocol")
+    ap.add_argument("--history-len", type=int, default=0, help="prompts' id histories show at most the last N "
+                    "items (1-20; 0: as in training, the last 20): a probe of how much of the history the model "
+                    "uses; rows of prompts with an id history say so in their protocol (title and preference "
+                    "prompts keep theirs)")
     ap.add_argument("--no-baselines", action="store_true", help="skip the same-split baseline rows")
     ap.add_argument("--baseline-epochs", type=int, default=50, help="SASRec epochs for the baseline rows")
     ap.add_argument("--out", type=Path, help="directory for metrics.json/metrics.md (default CKPT/eval)")
@@ -363,8 +371,6 @@ def main(argv=None) -> int:
             raise ConfigError(f"--templates: expected seen, unseen or seen,unseen, got {args.templates!r}")
         if args.beams < 1 or args.batch_size < 1 or args.per_kind < 0:
             raise ConfigError("--beams and --batch-size must be positive, --per-kind not negative")
-        if args.history_len < 0:
-            raise ConfigError(f"--history-len: expected >= 0 (0: as in training), got {args.history_len}")
         cfg = EvalConfig(args.checkpoint, args.data, args.tasks, args.split, groups, args.beams,
                          args.batch_size, args.max_users, not args.no_baselines, args.baseline_epochs,
                          args.out, args.device, not args.no_progress,

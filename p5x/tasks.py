@@ -134,9 +134,9 @@ class TaskContext:
     cache: dict = field(default_factory=dict, repr=False, compare=False)
     # training prompts per user, epoch and kind (TRAIN_COUNTS unless parse_kind_counts says otherwise)
     train_counts: dict = field(default_factory=lambda: parse_kind_counts(""))
-    # training only: each history item but the last is left out of a prompt with this probability
+    # training only: each item but the last of a sequential prompt's history is left out with this probability
     history_dropout: float = 0.0
-    # a prompt's {history} shows at most the last history_len items (p5x.evaluate --history-len probes less)
+    # a prompt's {history} id list shows at most the last history_len items (p5x.evaluate --history-len)
     history_len: int = HISTORY_LEN
 
 
@@ -478,8 +478,9 @@ def _train_user_samples(ctx, family, pool, rng, users) -> list[Sample]:
                 else:  # a random cut of the training sequence: the item after it is the target
                     j = int(rng.integers(1, len(xs)))
                     hist, tgt = xs[:j], xs[j]
-                    if ctx.history_dropout and j > 1:
-                        hist = drop_history(hist, ctx.history_dropout, rng)
+                    if ctx.history_dropout and family == "sequential" and j > 1:
+                        # thin what the prompt shows, not the items before its window
+                        hist = drop_history(hist[-ctx.history_len:], ctx.history_dropout, rng)
                 out += _user_samples(ctx, family, kind, user, hist, tgt, "train", rng,
                                      positive=(k % 2 == 0), negs=negs)
     return out

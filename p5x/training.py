@@ -87,10 +87,10 @@ class TrainConfig:
                                                                "so that an item of the history is not predicted as "
                                                                "its own next item (0: off; p5x.training."
                                                                "history_unlikelihood)"})
-    history_dropout: float = field(default=0.0, metadata={"help": "training prompts only: leave each history item "
-                                                          "but the most recent out of a prompt with this probability, "
-                                                          "drawn afresh each epoch (an augmentation; 0: off; "
-                                                          "p5x.tasks.drop_history)"})
+    history_dropout: float = field(default=0.0, metadata={"help": "the sequential family's training prompts only: "
+                                                          "leave each item of the history the prompt shows, but the "
+                                                          "most recent, out with this probability, drawn afresh each "
+                                                          "epoch (an augmentation; 0: off; p5x.tasks.drop_history)"})
     kind_counts: str = field(default="", metadata={"help": "training prompts per user and epoch of a kind, over "
                                                    "P5's counts (" + _COUNTS_HELP + "): family.kind=N,..., e.g. "
                                                    "sequential.next=15; 0 drops a kind"})
@@ -176,6 +176,8 @@ class TrainConfig:
             raise ConfigError(f"--history-dropout: expected a probability in [0, 1), got {self.history_dropout}")
         if self.history_dropout and self.shots:
             raise ConfigError("--history-dropout: not used with --shots (few-shot rows are drawn as they are)")
+        if self.history_dropout and self.tasks != "all" and "sequential" not in self.families():
+            raise ConfigError("--history-dropout: thins the sequential family's histories; --tasks has no sequential")
         if self.shots < 0 or self.holdout_users < 0:
             raise ConfigError("--shots and --holdout-users: must be >= 0")
         if self.holdout_users and not self.shots:

@@ -353,25 +353,30 @@ def test_evaluate_cli_excluding_history(ckpt_dir, toy_ds, tmp_path):
 
 def test_evaluate_cli_by_history_length(ckpt_dir, toy_ds, tmp_path, capsys):
     out = tmp_path / "eval"
-    rc = evaluate_main(["--checkpoint", str(ckpt_dir), "--tasks", "sequential", "--template-ids", "sequential-1",
-                        "--templates", "seen", "--beams", "5", "--baseline-epochs", "1", "--by-history", "--out",
-                        str(out), "--no-progress"])
+    # two next-item wordings: the model's rows pool 2 prompts a user, and their labels still count users
+    rc = evaluate_main(["--checkpoint", str(ckpt_dir), "--tasks", "sequential", "--template-ids",
+                        "sequential-1,sequential-2", "--per-kind", "2", "--templates", "seen", "--beams", "5",
+                        "--baseline-epochs", "1", "--by-history", "--out", str(out), "--no-progress"])
     assert rc == 0
     assert "| full ranking, users with " in capsys.readouterr().out
     res = json.loads((out / "metrics.json").read_text())
     assert res["meta"]["by_history"] is True
-    n, groups = None, {}
+    groups, users = {}, None
     for model in ("p5x (t5-tiny)", "popularity", "sasrec"):
         rows = [r for r in res["rows"] if r["model"] == model and r["task"].startswith("sequential")
                 and r["protocol"].startswith("full ranking")]
         whole, parts = rows[0], rows[1:]
         assert whole["protocol"] == "full ranking" and len(parts) > 1
-        n = n or whole["n"]  # the model's row counts the users; the baselines score the same ones
+        if model.startswith("p5x"):
+            assert whole["template_ids"] == ["sequential-1", "sequential-2"]
+            users = whole["n"] // 2  # the model's rows count prompts, two a user
+        n = whole.get("n", users)
         assert sum(r["n"] for r in parts) == n
         for k in ("HR@10", "NDCG@10"):
             assert sum(r["n"] * r["metrics"][k] for r in parts) / n == pytest.approx(whole["metrics"][k])
-        groups[model] = {r["protocol"]: r["n"] for r in parts}
-    # the model's users fall in the groups p5x.baselines (tested against the split) puts them in
+        groups[model] = [r["protocol"] for r in parts]
+    # the model's users fall in the groups p5x.baselines (tested against the split) puts them in, and
+    # its labels count users, not prompts
     assert groups["p5x (t5-tiny)"] == groups["popularity"] == groups["sasrec"]
 
 
@@ -396,8 +401,9 @@ def test_history_len_cuts_what_the_prompts_show(ckpt_dir, toy_ds, tmp_path, caps
     cut = ", prompts show the last 1 history item(s)"
     assert {r["task"].split("/")[0] for r in res["rows"] if r["protocol"].endswith(cut)} == {"sequential"}
     assert [r for r in res["rows"] if r["task"].startswith("direct")]  # direct prompts show no history
-    assert evaluate_main(["--checkpoint", str(ckpt_dir), "--history-len", "-1"]) == 2
-    assert "--history-len: expected >= 0" in capsys.readouterr().err
+    for bad in ("-1", "21"):
+        assert evaluate_main(["--checkpoint", str(ckpt_dir), "--history-len", bad, "--no-progress"]) == 2
+        assert "--history-len: expected 1-20" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("atomic", [True, False])

@@ -152,6 +152,7 @@ def test_history_dropout_thins_training_histories_only(toy_ds, ctx):
     c = make_context(toy_ds, "random", seed=0)
     c.train_counts = tasks.parse_kind_counts("sequential.next=20,sequential.candidates=0,sequential.yesno=0")
     c.history_dropout = 0.5
+    c.history_len = 3  # a window shorter than most toy histories: what is shown is thinned, not refilled
     rows = render(c, ["sequential"], "train", epoch=0)
     order = {u: [x.item_id for x in xs] for u, xs in c.split.train.items()}
     dropped = checked = 0
@@ -159,7 +160,7 @@ def test_history_dropout_thins_training_histories_only(toy_ds, ctx):
         full = order[user]
         if full.count(target) != 1:
             continue
-        cut = full[:full.index(target)][-tasks.HISTORY_LEN:]
+        cut = full[:full.index(target)][-3:]
         hist = [c.index.lookup(m) for m in ID_WORD.findall(inp)]
         assert hist and hist[-1] == cut[-1], (inp, cut)  # the item just before the target stays
         it = iter(cut)
@@ -167,6 +168,8 @@ def test_history_dropout_thins_training_histories_only(toy_ds, ctx):
         checked += 1
         dropped += len(hist) < len(cut)
     assert checked > 50 and dropped > 0.2 * checked, (checked, dropped)
+    assert sum(len(full) > 4 for full in order.values()) > 5  # many histories are longer than the window
+    c.history_len = tasks.HISTORY_LEN
     for part in ("valid", "test"):  # evaluation prompts are never thinned
         assert render(c, ["sequential"], part)["inputs"] == render(ctx, ["sequential"], part)["inputs"]
 

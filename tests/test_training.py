@@ -163,6 +163,10 @@ def test_history_dropout_reaches_the_rows_and_the_cache_key(toy_ds, tmp_path, ca
     for bad in ("1", "-0.1"):
         assert main(["--history-dropout", bad]) == 2
         assert "--history-dropout: expected a probability" in capsys.readouterr().err
+    assert main(["--history-dropout", "0.2", "--tasks", "preference", "--shots", "8"]) == 2
+    assert "not used with --shots" in capsys.readouterr().err
+    assert main(["--history-dropout", "0.2", "--tasks", "rating,direct"]) == 2
+    assert "--tasks has no sequential" in capsys.readouterr().err
 
 
 def test_next_first_epochs_hold_next_item_prompts_only(toy_ds, tmp_path):
