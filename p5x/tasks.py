@@ -138,6 +138,9 @@ class TaskContext:
     history_dropout: float = 0.0
     # a prompt's {history} id list shows at most the last history_len items (p5x.evaluate --history-len)
     history_len: int = HISTORY_LEN
+    # training cuts of the sequential family: "user" (each user its kind counts) or "position" (the same
+    # total, spread so that every cut of every training sequence is equally likely, as SASRec trains)
+    cut_weighting: str = "user"
 
 
 def make_context(ds: Dataset, index_method: str = "random", seed: int = 0,
@@ -457,6 +460,12 @@ def drop_history(hist: list, p: float, rng: np.random.Generator) -> list:
     return [x for x, k in zip(hist[:-1], keep) if k] + [hist[-1]]
 
 
+def position_count(expected: float, rng: np.random.Generator) -> int:
+    """A whole count with the given expectation: its floor, plus one with the fraction's probability."""
+    whole = int(expected)
+    return whole + int(rng.random() < expected - whole)
+
+
 def _train_user_samples(ctx, family, pool, rng, users) -> list[Sample]:
     out = []
     counts = {k: n for k, n in ctx.train_counts.get(family, {}).items() if k in pool and n > 0}
@@ -466,12 +475,18 @@ def _train_user_samples(ctx, family, pool, rng, users) -> list[Sample]:
     per_list = {"candidates": N_CANDIDATES - 1, "next_text": TEXT_CANDIDATES - 1, "yesno": 1}
     budget = sum(n * per_list.get(k, 0) for k, n in counts.items())
     cat = _cat(ctx)
+    scale = None
+    if family == "sequential" and ctx.cut_weighting == "position":
+        cuts = [len(ctx.split.train[u]) - 1 for u in users if len(ctx.split.train[u]) >= need]
+        scale = len(cuts) / max(1, sum(cuts))  # a user's prompts: its cuts x the mean prompts per cut
     for user in users:
         xs = ctx.split.train[user]
         if len(xs) < need:
             continue
         negs = NegativePool(cat, rng, user, budget)
         for kind, n in counts.items():
+            if scale is not None:
+                n = position_count(n * (len(xs) - 1) * scale, rng)
             for k in range(n):
                 if family == "direct":
                     hist, tgt = [], xs[int(rng.integers(len(xs)))]

@@ -91,6 +91,12 @@ class TrainConfig:
                                                           "leave each item of the history the prompt shows, but the "
                                                           "most recent, out with this probability, drawn afresh each "
                                                           "epoch (an augmentation; 0: off; p5x.tasks.drop_history)"})
+    cut_weighting: str = field(default="user", metadata={"help": "the sequential family's training cuts: user "
+                                                         "(every user its --kind-counts prompts, cut uniformly) or "
+                                                         "position (the same total, each user's share in proportion "
+                                                         "to its cuts, so every cut of every training sequence is "
+                                                         "equally likely, as SASRec trains; long histories get more "
+                                                         "prompts)"})
     kind_counts: str = field(default="", metadata={"help": "training prompts per user and epoch of a kind, over "
                                                    "P5's counts (" + _COUNTS_HELP + "): family.kind=N,..., e.g. "
                                                    "sequential.next=15; 0 drops a kind"})
@@ -176,6 +182,10 @@ class TrainConfig:
             raise ConfigError(f"--history-dropout: expected a probability in [0, 1), got {self.history_dropout}")
         if self.history_dropout and self.shots:
             raise ConfigError("--history-dropout: not used with --shots (few-shot rows are drawn as they are)")
+        if self.cut_weighting not in ("user", "position"):
+            raise ConfigError(f"--cut-weighting: expected user or position, got {self.cut_weighting!r}")
+        if self.cut_weighting != "user" and self.shots:
+            raise ConfigError("--cut-weighting: not used with --shots")
         if self.history_dropout and self.tasks != "all" and "sequential" not in self.families():
             raise ConfigError("--history-dropout: thins the sequential family's histories; --tasks has no sequential")
         if self.shots < 0 or self.holdout_users < 0:
@@ -788,6 +798,7 @@ def task_rows(ds, cfg: TrainConfig):
     if cfg.kind_counts:
         ctx.train_counts = parse_kind_counts(cfg.kind_counts)
     ctx.history_dropout = cfg.history_dropout
+    ctx.cut_weighting = cfg.cut_weighting
     # 'all' is the standard families plus those the data supports (preference: ratings and titles)
     families = resolve_families(ctx, "all") if cfg.tasks == "all" else cfg.families()
     return ctx.index, ctx.user_index, render_epochs(ctx, families, cfg.epochs, cfg.seed, cfg.batch_size,
@@ -798,7 +809,7 @@ CACHE_DIR = "pretokenized"
 CACHE_FORMAT = 2  # bump when the encoding of rows changes (2: decoder-only text targets after a space)
 _CACHE_FIELDS = ("tasks", "model", "epochs", "batch_size", "seed", "index", "max_source_len", "max_target_len",
                  "max_words", "vocab_size", "shots", "holdout_users", "holdout_seed", "kind_counts", "next_first",
-                 "word_numbering", "history_dropout")
+                 "word_numbering", "history_dropout", "cut_weighting")
 
 
 def cache_key(cfg: TrainConfig, ds) -> dict:
@@ -810,6 +821,8 @@ def cache_key(cfg: TrainConfig, ds) -> dict:
             del key[k]
     if key["word_numbering"] == "p5":
         del key["word_numbering"]
+    if key["cut_weighting"] == "user":
+        del key["cut_weighting"]
     return key
 
 

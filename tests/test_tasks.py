@@ -174,6 +174,24 @@ def test_history_dropout_thins_training_histories_only(toy_ds, ctx):
         assert render(c, ["sequential"], part)["inputs"] == render(ctx, ["sequential"], part)["inputs"]
 
 
+def test_position_cut_weighting_spreads_prompts_by_cuts(toy_ds):
+    c = make_context(toy_ds, "random", seed=0)
+    c.train_counts = tasks.parse_kind_counts("sequential.next=6,sequential.candidates=0,sequential.yesno=0")
+    by_user = Counter(render(c, ["sequential", "direct"], "train", epoch=0).filter(
+        lambda r: r["task"] == "sequential")["user_id"])
+    c.cut_weighting = "position"
+    rows = render(c, ["sequential", "direct"], "train", epoch=0)
+    by_pos = Counter(r["user_id"] for r in rows if r["task"] == "sequential")
+    cuts = {u: len(xs) - 1 for u, xs in c.split.train.items() if len(xs) >= 2}
+    assert set(by_user.values()) == {6} and len(set(cuts.values())) > 1
+    per_cut = 6 * len(cuts) / sum(cuts.values())
+    for u, n in cuts.items():  # floor or ceiling of the user's share
+        assert abs(by_pos[u] - n * per_cut) < 1, (u, by_pos[u], n * per_cut)
+    assert abs(sum(by_pos.values()) - sum(by_user.values())) <= len(cuts) ** 0.5 * 2
+    direct = Counter(r["user_id"] for r in rows if r["task"] == "direct")  # other families keep their counts
+    assert len(set(direct.values())) == 1
+
+
 @pytest.mark.parametrize("spec, msg", [("sequential.nxt=3", "did you mean next"), ("rating.rating=2", "per-user"),
                                        ("sequential.next=-1", ">= 0"), ("sequential.next=x", ">= 0"),
                                        ("sequential.next", "family.kind=N"), ("next=3", "family.kind=N")])
