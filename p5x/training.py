@@ -186,8 +186,10 @@ class TrainConfig:
             raise ConfigError(f"--cut-weighting: expected user or position, got {self.cut_weighting!r}")
         if self.cut_weighting != "user" and self.shots:
             raise ConfigError("--cut-weighting: not used with --shots")
-        if self.history_dropout and self.tasks != "all" and "sequential" not in self.families():
-            raise ConfigError("--history-dropout: thins the sequential family's histories; --tasks has no sequential")
+        shaping = (("--history-dropout", self.history_dropout), ("--cut-weighting", self.cut_weighting != "user"))
+        for flag, on in shaping:
+            if on and self.tasks != "all" and "sequential" not in self.families():
+                raise ConfigError(f"{flag}: shapes the sequential family's training prompts; --tasks has no sequential")
         if self.shots < 0 or self.holdout_users < 0:
             raise ConfigError("--shots and --holdout-users: must be >= 0")
         if self.holdout_users and not self.shots:
@@ -810,20 +812,16 @@ CACHE_FORMAT = 2  # bump when the encoding of rows changes (2: decoder-only text
 _CACHE_FIELDS = ("tasks", "model", "epochs", "batch_size", "seed", "index", "max_source_len", "max_target_len",
                  "max_words", "vocab_size", "shots", "holdout_users", "holdout_seed", "kind_counts", "next_first",
                  "word_numbering", "history_dropout", "cut_weighting")
+# options added after caches existed: at these values they leave the key out, so those caches stay valid
+_CACHE_DEFAULTS = {"kind_counts": "", "next_first": 0, "word_numbering": "p5", "history_dropout": 0.0,
+                   "cut_weighting": "user"}
 
 
 def cache_key(cfg: TrainConfig, ds) -> dict:
     """What the pre-tokenized rows depend on; a cache with another key is rebuilt, never reused."""
-    key = {"data_hash": ds.data_hash, "templates_hash": templates_hash(), "format": CACHE_FORMAT,
-           **{k: getattr(cfg, k) for k in _CACHE_FIELDS}}
-    for k in ("kind_counts", "next_first", "history_dropout"):  # caches from before these options stay valid
-        if not key[k]:
-            del key[k]
-    if key["word_numbering"] == "p5":
-        del key["word_numbering"]
-    if key["cut_weighting"] == "user":
-        del key["cut_weighting"]
-    return key
+    return {"data_hash": ds.data_hash, "templates_hash": templates_hash(), "format": CACHE_FORMAT,
+            **{k: getattr(cfg, k) for k in _CACHE_FIELDS if k not in _CACHE_DEFAULTS
+               or getattr(cfg, k) != _CACHE_DEFAULTS[k]}}
 
 
 def load_cache(out: Path, key: dict):

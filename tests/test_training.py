@@ -171,6 +171,8 @@ def test_history_dropout_reaches_the_rows_and_the_cache_key(toy_ds, tmp_path, ca
     assert "cut_weighting" not in cache_key(plain, toy_ds) and cache_key(weighted, toy_ds)["cut_weighting"] == "position"
     assert main(["--cut-weighting", "sasrec"]) == 2
     assert "--cut-weighting: expected user or position" in capsys.readouterr().err
+    assert main(["--cut-weighting", "position", "--tasks", "rating,direct"]) == 2
+    assert "--tasks has no sequential" in capsys.readouterr().err
 
 
 def test_next_first_epochs_hold_next_item_prompts_only(toy_ds, tmp_path):
