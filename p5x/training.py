@@ -597,10 +597,17 @@ class ThroughputMeter:
     """Samples, real tokens (prompt + target, no padding) and padded tokens seen by training steps.
 
     Counts stay on the device until read (at logging time, when the Trainer syncs anyway).
+    The steady rate leaves out the first WARM_BATCHES batches (a GPU's one-time start-up lands
+    there) and what comes after the last batch began (the final checkpoint, the loss plot).
     """
+
+    WARM_BATCHES = 3
 
     def __init__(self, collate_seconds0=None):
         self.t0 = self.t_last = time.perf_counter()
+        self.batches = 0
+        self.t_warm = self.t_end = None
+        self.samples_warm = self.samples_end = 0
         self.samples = self.samples_last = 0
         self.tokens = self.tokens_last = 0
         self.padded = self.padded_last = 0
@@ -609,6 +616,11 @@ class ThroughputMeter:
         self._dev_tokens = None
 
     def add(self, inputs, decoder_only: bool) -> None:
+        now = time.perf_counter()  # this batch begins: the ones before it are done (up to the GPU's queue)
+        if self.batches == self.WARM_BATCHES:
+            self.t_warm, self.samples_warm = now, self.samples
+        self.t_end, self.samples_end = now, self.samples
+        self.batches += 1
         ids, labels = inputs["input_ids"], inputs.get("labels")
         real = inputs["attention_mask"].sum()
         padded = ids.numel()
@@ -643,7 +655,11 @@ class ThroughputMeter:
         self._sync()
         dt = max(time.perf_counter() - self.t0, 1e-9)
         collate = getattr(collator, "seconds", 0.0) - self.collate0
+        steady = None
+        if self.t_warm is not None and self.t_end > self.t_warm:
+            steady = round((self.samples_end - self.samples_warm) / (self.t_end - self.t_warm), 2)
         return {"seconds": round(dt, 3), "samples": self.samples, "tokens": self.tokens,
+                "steady_samples_per_s": steady,
                 "padded_tokens": self.padded, "samples_per_s": round(self.samples / dt, 2),
                 "tokens_per_s": round(self.tokens / dt, 1), "padded_tokens_per_s": round(self.padded / dt, 1),
                 "collate_seconds": round(collate, 3), "collate_share": round(collate / dt, 4)}
@@ -984,7 +1000,12 @@ def write_throughput(out: Path, trainer, model, cfg: TrainConfig, collator, item
 
     rows = len(trainer.train_dataset)
     per_step = cfg.batch_size * cfg.grad_accum * max(trainer.args.world_size, 1)
-    res = {**meter.summary(collator), "global_step": trainer.state.global_step, "max_steps": trainer.state.max_steps,
+    summary = meter.summary(collator)
+    steady = summary["steady_samples_per_s"]
+    # (the meter counts this process's samples: a step takes batch_size * grad_accum of them)
+    res = {**summary,
+           "steady_steps_per_s": None if steady is None else round(steady / (cfg.batch_size * cfg.grad_accum), 4),
+           "global_step": trainer.state.global_step, "max_steps": trainer.state.max_steps,
            "done": trainer.state.global_step >= trainer.state.max_steps, "batch_size": cfg.batch_size,
            # rows = every rendered epoch; passes > 1 when --max-steps ran past them (the rows repeat)
            "rows": rows, "passes": round(trainer.state.global_step * per_step / max(rows, 1), 4),

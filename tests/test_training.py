@@ -371,3 +371,28 @@ def test_family_losses_accumulate_each_familys_row_mean():
     assert got.keys() == want.keys() == {"sequential", "direct"}
     for fam, rows in want.items():
         assert got[fam] == pytest.approx(sum(rows) / len(rows), rel=1e-5)
+
+
+def test_throughput_meter_steady_rate_leaves_out_start_up_and_the_final_save(monkeypatch):
+    """Three slow first batches (a GPU's start-up) and a long save after the last batch: the overall
+    rate counts them, the steady rate (what bench/beauty/oneshot.py plans with) does not."""
+    from p5x import training as T
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(T.time, "perf_counter", lambda: clock["now"])
+    meter = T.ThroughputMeter()
+    batch = {"input_ids": torch.ones(4, 5, dtype=torch.long), "attention_mask": torch.ones(4, 5, dtype=torch.long),
+             "labels": torch.ones(4, 2, dtype=torch.long)}
+    for step in range(13):
+        meter.add(batch, decoder_only=False)
+        clock["now"] += 10.0 if step < T.ThroughputMeter.WARM_BATCHES else 1.0
+    clock["now"] += 50.0  # the checkpoint and the loss plot after the last batch
+    s = meter.summary(None)
+    assert s["samples"] == 52 and s["seconds"] == pytest.approx(30 + 10 + 50)
+    # batches 4..12 began one second apart, and each of the 9 gaps finished a batch of 4 samples
+    assert s["steady_samples_per_s"] == pytest.approx(4.0)
+    assert s["samples_per_s"] == pytest.approx(52 / 90, abs=0.01)
+    short = T.ThroughputMeter()
+    for _ in range(T.ThroughputMeter.WARM_BATCHES):
+        short.add(batch, decoder_only=False)
+    assert short.summary(None)["steady_samples_per_s"] is None  # too few batches to say

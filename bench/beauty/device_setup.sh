@@ -31,7 +31,8 @@ def version(p):
     except m.PackageNotFoundError:
         return "MISSING"
 print("device_setup:", ", ".join(f"{p} {version(p)}" for p in
-      ("torch", "transformers", "datasets", "pyarrow", "sentencepiece", "protobuf", "safetensors", "accelerate")))
+      ("torch", "transformers", "datasets", "fsspec", "pyarrow", "sentencepiece", "protobuf", "safetensors",
+       "accelerate")))
 try:
     import torch
     print("device_setup: cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")

@@ -14,7 +14,9 @@ that. This driver runs the same stages in one process tree and sizes training to
 4. plan: the evaluation needs (seconds per user x users x prompts + load time) x 1.15; training gets
    the rest of the budget less the measured start-up cost and --margin; the step count that fits at
    the calibrated rate becomes --max-steps, so the LR schedule ends where training ends (the
-   time limit stays as a backstop). If even --min-train seconds of training would leave too little
+   time limit stays as a backstop). Both rates are steady ones: a GPU's one-time start-up (the
+   first training batches, a throwaway scoring batch) and the final save count as fixed cost, not
+   as per-step or per-user time that the full run would pay again and again. If even --min-train seconds of training would leave too little
    time to score every user, the evaluation is cut to the first N users (sorted ids) that fit, and
    the summary says so;
 5. train (resumes the calibration checkpoint), then evaluate each prompt (seen, unseen) in its own
@@ -200,7 +202,9 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / "oneshot.log"
     log.write_text("")
+    # (the device machine has no network: a stray hub lookup fails at once instead of hanging)
     env = {**os.environ, "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1",
+           "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     summary: dict = {}
 
@@ -236,9 +240,12 @@ def main(argv=None) -> int:
                                       "--out", str(cal_dir)])
         meta = json.loads((cal_dir / "metrics.json").read_text())["meta"]
         n_users = _eval_user_count(py, data, env)
-        cal = {"train_s": tp["seconds"], "train_wall_s": run.stages["calibrate_train"],
+        # the steady rate leaves the first batches' start-up and the final save out; the stage's
+        # seconds beyond its steps at that rate count as fixed cost, paid again by the train stage
+        rate = tp.get("steady_steps_per_s") or tp["global_step"] / max(tp["seconds"], 1e-9)
+        cal = {"train_s": tp["global_step"] / rate, "train_wall_s": run.stages["calibrate_train"],
                "item_init_s": tp.get("item_init_seconds", 0.0),
-               "steps_per_s": tp["global_step"] / max(tp["seconds"], 1e-9), "steps": tp["global_step"],
+               "steps_per_s": rate, "steps": tp["global_step"],
                "eval_users": min(cal_users, n_users), "eval_model_s": meta["model_eval_seconds"], "eval_wall_s": wall}
         steps_cap = None
         if max_passes:  # the steps of max_passes passes over the prepared rows
@@ -248,7 +255,9 @@ def main(argv=None) -> int:
         print(f"oneshot: plan {json.dumps(p)}", flush=True)
         if p["extra_steps"] > 0:
             run("train", [py, "train.py", *tflags, "--pretokenize", "--resume",
-                          "--max-steps", str(cal["steps"] + p["extra_steps"]), "--time-limit", str(p["train_s"])])
+                          "--max-steps", str(cal["steps"] + p["extra_steps"]),
+                          # half the margin as slack: the stage's start-up falls inside its time limit
+                          "--time-limit", str(round(p["train_s"] + margin / 2, 1))])
         tp = json.loads((model / "throughput.json").read_text())
         summary["train"] = {"global_step": tp["global_step"], "max_steps": tp["max_steps"],
                             "rows": tp.get("rows"), "passes": tp.get("passes"),
@@ -310,7 +319,9 @@ def _eval_user_count(py: str, data: Path, env: dict) -> int:
     """Test users of the split (users with at least three interactions), counted by p5x itself."""
     code = ("import sys; from p5x.schema import load_dataset; from p5x.split import time_split; "
             "print(len(time_split(load_dataset(sys.argv[1])).eval_users('test')))")
-    out = subprocess.run([py, "-c", code, str(data)], capture_output=True, text=True, env=env, cwd=REPO, check=True)
+    out = subprocess.run([py, "-c", code, str(data)], capture_output=True, text=True, env=env, cwd=REPO)
+    if out.returncode != 0:
+        raise StageFailed(f"counting the test users of {data} failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
     return int(out.stdout.strip())
 
 
