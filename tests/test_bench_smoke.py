@@ -283,6 +283,8 @@ def test_oneshot_runs_every_stage_inside_its_budget(toy_dir, tmp_path):
     assert s["diversity"]["users"] == s["test_users"] and s["diversity"]["distinct_top1"] >= 1
     # the planned steps all ran, or (a machine slower than its calibration) the time limit ended them and said so
     assert s["calibration"]["steps"] < s["train"]["global_step"] <= s["train"]["max_steps"]
+    cal = s["calibration"]  # planned at the steady rate; the warm-up batch is timed apart from the scoring
+    assert cal["steps_per_s"] > 0 and cal["overall_steps_per_s"] > 0 and cal["eval_warmup_s"] > 0
     if s["train"]["global_step"] < s["train"]["max_steps"]:
         assert "reached at step" in (out / "oneshot.log").read_text()
     assert s["train"]["rows"] > 0 and 0 < s["train"]["passes"] <= 1.0  # oneshot.max_passes 1

@@ -246,6 +246,8 @@ def main(argv=None) -> int:
         cal = {"train_s": tp["global_step"] / rate, "train_wall_s": run.stages["calibrate_train"],
                "item_init_s": tp.get("item_init_seconds", 0.0),
                "steps_per_s": rate, "steps": tp["global_step"],
+               "overall_steps_per_s": round(tp["global_step"] / max(tp["seconds"], 1e-9), 4),
+               "eval_warmup_s": meta.get("model_warmup_seconds"),
                "eval_users": min(cal_users, n_users), "eval_model_s": meta["model_eval_seconds"], "eval_wall_s": wall}
         steps_cap = None
         if max_passes:  # the steps of max_passes passes over the prepared rows
