@@ -473,7 +473,6 @@ def _train_user_samples(ctx, family, pool, rng, users) -> list[Sample]:
         return out
     need = 1 if family in ("direct",) else 2
     per_list = {"candidates": N_CANDIDATES - 1, "next_text": TEXT_CANDIDATES - 1, "yesno": 1}
-    budget = sum(n * per_list.get(k, 0) for k, n in counts.items())
     cat = _cat(ctx)
     scale = None
     if family == "sequential" and ctx.cut_weighting == "position":
@@ -483,10 +482,11 @@ def _train_user_samples(ctx, family, pool, rng, users) -> list[Sample]:
         xs = ctx.split.train[user]
         if len(xs) < need:
             continue
-        negs = NegativePool(cat, rng, user, budget)
-        for kind, n in counts.items():
-            if scale is not None:
-                n = position_count(n * (len(xs) - 1) * scale, rng)
+        mine = counts if scale is None else \
+            {kind: position_count(n * (len(xs) - 1) * scale, rng) for kind, n in counts.items()}
+        # the user's negatives in one block, sized to the lists its own prompts will list
+        negs = NegativePool(cat, rng, user, sum(n * per_list.get(k, 0) for k, n in mine.items()))
+        for kind, n in mine.items():
             for k in range(n):
                 if family == "direct":
                     hist, tgt = [], xs[int(rng.integers(len(xs)))]

@@ -10,8 +10,9 @@ import pytest
 
 from p5x import tasks
 from p5x.errors import ConfigError
-from p5x.schema import Interaction, Item, write_dataset
+from p5x.schema import Interaction, Item, load_dataset, write_dataset
 from p5x.tasks import FAMILIES, explanation_of, feature_words, make_context, render
+from p5x.toydata import make_toy_dataset
 
 ALL_FAMILIES = list(FAMILIES) + ["zeroshot", "preference"]
 ID_WORD = re.compile(r"(?:<i\d+_\d+>)+")
@@ -190,6 +191,28 @@ def test_position_cut_weighting_spreads_prompts_by_cuts(toy_ds):
     assert abs(sum(by_pos.values()) - sum(by_user.values())) <= len(cuts) ** 0.5 * 2
     direct = Counter(r["user_id"] for r in rows if r["task"] == "direct")  # other families keep their counts
     assert len(set(direct.values())) == 1
+
+
+def test_position_cut_weighting_sizes_each_users_negatives_to_its_own_prompts(tmp_path, monkeypatch):
+    """A user given more prompts than --kind-counts by position weighting draws its negatives in
+    one block sized to its own prompts (sized from the unscaled count, the block ran out and every
+    further list drew on its own: slower, and lists within the user's epoch could overlap)."""
+    make_toy_dataset(tmp_path / "d", n_users=40, n_items=1000)
+    c = make_context(load_dataset(tmp_path / "d"), "random", seed=0)
+    c.train_counts = tasks.parse_kind_counts("sequential.next=0,sequential.candidates=2,sequential.yesno=0")
+    c.cut_weighting = "position"
+    draws = Counter()
+    inner = tasks.Catalogue.negatives
+
+    def counted(self, rng, user, k):
+        draws[user] += 1
+        return inner(self, rng, user, k)
+
+    monkeypatch.setattr(tasks.Catalogue, "negatives", counted)
+    rows = render(c, ["sequential"], "train", epoch=0)
+    prompts = Counter(rows["user_id"])
+    assert max(prompts.values()) > 2  # position weighting gave some users more lists than the unscaled count
+    assert set(draws.values()) == {1} and set(prompts) <= set(draws)  # one block a user, never a draw per list
 
 
 @pytest.mark.parametrize("spec, msg", [("sequential.nxt=3", "did you mean next"), ("rating.rating=2", "per-user"),

@@ -242,11 +242,11 @@ def main(argv=None) -> int:
         n_users = _eval_user_count(py, data, env)
         # the steady rate leaves the first batches' start-up and the final save out; the stage's
         # seconds beyond its steps at that rate count as fixed cost, paid again by the train stage
-        rate = tp.get("steady_steps_per_s") or tp["global_step"] / max(tp["seconds"], 1e-9)
+        overall = tp["global_step"] / max(tp["seconds"], 1e-9)
+        rate = tp.get("steady_steps_per_s") or overall
         cal = {"train_s": tp["global_step"] / rate, "train_wall_s": run.stages["calibrate_train"],
                "item_init_s": tp.get("item_init_seconds", 0.0),
-               "steps_per_s": rate, "steps": tp["global_step"],
-               "overall_steps_per_s": round(tp["global_step"] / max(tp["seconds"], 1e-9), 4),
+               "steps_per_s": rate, "steps": tp["global_step"], "overall_steps_per_s": round(overall, 4),
                "eval_warmup_s": meta.get("model_warmup_seconds"),
                "eval_users": min(cal_users, n_users), "eval_model_s": meta["model_eval_seconds"], "eval_wall_s": wall}
         steps_cap = None
