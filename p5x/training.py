@@ -50,7 +50,7 @@ class TrainConfig:
     grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
     lr: float = field(default=1e-3, metadata={"help": "peak learning rate (linear decay)"})
     warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps"})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (every weight but biases and norms, item rows too); on Beauty with t5-tiny 0.3 beat 0.01 on three seeds and 1.0 collapsed (bench/RESULTS.md, session 32)"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (every weight but biases and norms, item rows too); on Beauty 0.3 beat 0.01 on three t5-tiny seeds, and 0.5 to 1.0 fell off at 64 and 128 wide (bench/RESULTS.md, sessions 32-33)"})
     seed: int = field(default=0, metadata={"help": "seed for init, indexing, rendering and data order"})
     index: str = field(default="random", metadata={"help": "item indexing: random, sequential, collaborative or atomic (one token per item)"})
     item_init: str = field(default="random", metadata={"help": "item-token embeddings at the start: random (the "
