@@ -199,16 +199,27 @@ def answer_aligned(logits, labels, decoder_only: bool):
     return logits, labels
 
 
-def _with_token_loss(out, logits, labels, rows: bool):
+def _with_token_loss(out, logits, labels, rows: bool, smoothing: float = 0.0):
     """out with .loss, the mean cross-entropy over the answer tokens (labels != -100, logits[:, t]
     scoring labels[:, t]), and with `rows` also out["row_loss"], each row's mean of the same token
     losses (detached, [B]): one cross-entropy serves both the gradient and the per-family logging.
     row_loss is an item, not an attribute, so it survives accelerate's fp32 conversion of outputs;
-    it is added in training only, where nothing reads the outputs as a tuple."""
-    tok = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                            ignore_index=-100, reduction="none").view(labels.shape)
+    it is added in training only, where nothing reads the outputs as a tuple.
+    `smoothing` e > 0: the loss is (1 - e) x the cross-entropy + e x the mean of -log p over the
+    vocabulary (label smoothing); row_loss stays the plain cross-entropy, so logged losses compare
+    across runs."""
+    flat, target = logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1)
     n = (labels != -100).sum(1)
-    out.loss = tok.sum() / n.sum().clamp(min=1)
+    if smoothing:
+        logp = torch.log_softmax(flat, -1)
+        keep = target != -100
+        tok = -logp.gather(1, target.clamp(min=0)[:, None])[:, 0] * keep
+        spread = -logp.mean(-1) * keep
+        out.loss = ((1 - smoothing) * tok + smoothing * spread).sum() / n.sum().clamp(min=1)
+        tok = tok.view(labels.shape)
+    else:
+        tok = torch.nn.functional.cross_entropy(flat, target, ignore_index=-100, reduction="none").view(labels.shape)
+        out.loss = tok.sum() / n.sum().clamp(min=1)
     if rows:
         out["row_loss"] = tok.detach().sum(1) / n.clamp(min=1)
     return out
@@ -219,6 +230,7 @@ class P5XModel(nn.Module):
 
     # read by HF Trainer when resuming; tied aliases left out of model.safetensors load through their twin
     _keys_to_ignore_on_save = None
+    label_smoothing = 0.0  # training's --label-smoothing, set by p5x.training.train (0 elsewhere)
 
     def __init__(self, backbone, whole_word: bool = True, max_words: int = 512, word_init_std: float | None = None):
         super().__init__()
@@ -275,7 +287,7 @@ class P5XModel(nn.Module):
         # mean (row_loss) from the same cross-entropy, which the trainer logs per family
         extra.setdefault("decoder_input_ids", self.backbone.prepare_decoder_input_ids_from_labels(labels=labels))
         out = self.backbone(inputs_embeds=embeds, attention_mask=attention_mask, **extra)
-        return _with_token_loss(out, out.logits, labels, self.training)
+        return _with_token_loss(out, out.logits, labels, self.training, self._smoothing())
 
     def _answer_loss(self, embeds, attention_mask, labels, extra):
         """Decoder-only training: vocabulary logits only from the position before the batch's first
@@ -286,7 +298,10 @@ class P5XModel(nn.Module):
         first = int(seen.float().argmax()) if bool(seen.any()) else labels.shape[1] - 1
         keep = labels.shape[1] - max(first, 1) + 1
         out = self.backbone(inputs_embeds=embeds, attention_mask=attention_mask, logits_to_keep=keep, **extra)
-        return _with_token_loss(out, *answer_aligned(out.logits, labels, True), self.training)
+        return _with_token_loss(out, *answer_aligned(out.logits, labels, True), self.training, self._smoothing())
+
+    def _smoothing(self) -> float:
+        return self.label_smoothing if self.training else 0.0
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask, whole_word_ids=None, **generate_kwargs):

@@ -50,7 +50,18 @@ class TrainConfig:
     grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
     lr: float = field(default=1e-3, metadata={"help": "peak learning rate (linear decay)"})
     warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps"})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (every weight but biases and norms, item rows too); on Beauty 0.3 beat 0.01 on three t5-tiny seeds, and 0.5 to 1.0 fell off at 64 and 128 wide (bench/RESULTS.md, sessions 32-33)"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (every weight but biases and norms, item rows too, unless --table-weight-decay sets the tables apart); on Beauty 0.3 beat 0.01 on three t5-tiny seeds, and 0.5 to 1.0 fell off at 64 and 128 wide (bench/RESULTS.md, sessions 32-33)"})
+    label_smoothing: float = field(default=0.0, metadata={"help": "label smoothing e of the training loss: "
+                                                         "(1 - e) x the answer tokens' cross-entropy + e x the "
+                                                         "mean -log p over the vocabulary (0: off); the logged "
+                                                         "family losses stay the plain cross-entropy"})
+    table_weight_decay: float = field(default=-1.0, metadata={"help": "AdamW weight decay of the token tables "
+                                                               "alone (the input embeddings and an untied output "
+                                                               "layer, which hold the item rows with --index atomic), "
+                                                               "the rest of the model keeping --weight-decay; -1: "
+                                                               "--weight-decay for the tables too; not with --deepspeed. On "
+                                                               "Beauty neither half decayed alone gained what both "
+                                                               "at 0.3 did (bench/RESULTS.md, session 34)"})
     seed: int = field(default=0, metadata={"help": "seed for init, indexing, rendering and data order"})
     index: str = field(default="random", metadata={"help": "item indexing: random, sequential, collaborative or atomic (one token per item)"})
     item_init: str = field(default="random", metadata={"help": "item-token embeddings at the start: random (the "
@@ -243,6 +254,14 @@ class TrainConfig:
                 raise ConfigError(f"--history-unlikelihood: needs --index atomic (one token per item), got {self.index}")
         if self.dropout != -1.0 and not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"--dropout: expected a probability in [0, 1) or -1 (the backbone's own), got {self.dropout}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"--label-smoothing: expected a value in [0, 1), got {self.label_smoothing}")
+        if self.table_weight_decay != -1.0:
+            if self.table_weight_decay < 0:
+                raise ConfigError(f"--table-weight-decay: must be >= 0 (or -1: --weight-decay), got {self.table_weight_decay}")
+            if self.deepspeed:
+                raise ConfigError("--table-weight-decay: not with --deepspeed (its config builds the optimizer with one "
+                                  "weight decay for every weight)")
         if self.merge and self.peft != "lora":
             raise ConfigError("--merge: needs --peft lora (there is no adapter to merge)")
         self.families()
@@ -394,8 +413,10 @@ def build_model(cfg: TrainConfig, spec, tokenizer):
                               output_layer=cfg.output_layer or None)
     if cfg.peft == "lora":
         backbone = apply_lora(backbone, **lora_kwargs(cfg))
-    return P5XModel(backbone, whole_word=cfg.whole_word_embeddings == "on", max_words=cfg.max_words,
-                    word_init_std=0.0 if spec.pretrained else None)
+    model = P5XModel(backbone, whole_word=cfg.whole_word_embeddings == "on", max_words=cfg.max_words,
+                     word_init_std=0.0 if spec.pretrained else None)
+    model.label_smoothing = cfg.label_smoothing
+    return model
 
 
 def lora_kwargs(cfg: TrainConfig) -> dict:
@@ -422,6 +443,24 @@ def _make_trainer_class():
 
         p5x_save = None  # callable(out_dir, model, state_dict), set by train()
         p5x_history_ul = (0.0, None)  # (weight, item token ids) of --history-unlikelihood, set by train()
+        p5x_table_decay = None  # --table-weight-decay when set, else None (every table at --weight-decay)
+
+        def create_optimizer(self, model=None):
+            """HF's AdamW groups, then (--table-weight-decay) the token tables moved out of the decayed group
+            into one of their own with that decay; done before the first step and before the scheduler
+            reads the groups."""
+            fresh = self.optimizer is None
+            opt = super().create_optimizer(model)
+            if fresh and self.p5x_table_decay is not None:
+                from .iteminit import item_tables
+
+                tables = item_tables(self.model if model is None else model)
+                ids = {id(t) for t in tables}
+                for group in opt.param_groups:
+                    group["params"] = [q for q in group["params"] if id(q) not in ids]
+                opt.add_param_group({"params": [t for t in tables if t.requires_grad],
+                                     "weight_decay": self.p5x_table_decay})
+            return opt
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             task_ids = inputs.pop("task_ids", None)
@@ -972,6 +1011,8 @@ def train(cfg: TrainConfig, make_rows=task_rows, callbacks=()) -> Path:
     if cfg.item_warmup_steps:
         from .iteminit import item_token_ids
         extra.append(item_warmup_callback(model, item_token_ids(tokenizer, index), cfg.item_warmup_steps))
+    if cfg.table_weight_decay != -1.0:
+        trainer_cls.p5x_table_decay = cfg.table_weight_decay
     if cfg.history_unlikelihood:
         from .iteminit import item_token_ids
         trainer_cls.p5x_history_ul = (cfg.history_unlikelihood,

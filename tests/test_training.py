@@ -396,3 +396,36 @@ def test_throughput_meter_steady_rate_leaves_out_start_up_and_the_final_save(mon
     for _ in range(T.ThroughputMeter.WARM_BATCHES):
         short.add(batch, decoder_only=False)
     assert short.summary(None)["steady_samples_per_s"] is None  # too few batches to say
+
+
+def test_label_smoothing_matches_torch_and_logs_the_plain_loss(toy_dir, tmp_path):
+    """--label-smoothing e: the training loss is torch's label-smoothed cross-entropy over the answer
+    tokens, the logged row_loss the plain one; evaluation (eval mode) never smooths."""
+    import torch.nn.functional as F
+
+    from p5x.modeling import _with_token_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 4, 11)
+    labels = torch.tensor([[1, 2, -100, -100], [3, 4, 5, -100], [6, 7, 8, 9]])
+
+    class Out(dict):
+        pass
+
+    got = _with_token_loss(Out(), logits, labels, rows=True, smoothing=0.2)
+    want = F.cross_entropy(logits.reshape(-1, 11), labels.reshape(-1), ignore_index=-100, label_smoothing=0.2)
+    assert torch.allclose(got.loss, want, atol=1e-6)
+    plain = _with_token_loss(Out(), logits, labels, rows=True)
+    assert torch.allclose(got["row_loss"], plain["row_loss"], atol=1e-6)
+    assert not torch.allclose(got.loss, plain.loss)
+    # wired through training: from the same start on the same first batch, the smoothed run's loss
+    # differs and its logged family losses (plain cross-entropy) do not
+    first = []
+    for e in (0.0, 0.5):
+        out = train(_cfg(toy_dir, tmp_path / f"ls{e}", tasks="sequential", label_smoothing=e, max_steps=1),
+                    make_rows=make_rows)
+        first.append(json.loads((out / "trainer_state.json").read_text())["log_history"][0])
+    assert abs(first[0]["loss"] - first[1]["loss"]) > 1e-3
+    assert first[0]["loss/sequential"] == pytest.approx(first[1]["loss/sequential"], abs=1e-5)
+    with pytest.raises(ConfigError, match="--label-smoothing"):
+        TrainConfig(label_smoothing=1.0).validate()
