@@ -458,8 +458,9 @@ def _make_trainer_class():
                 ids = {id(t) for t in tables}
                 for group in opt.param_groups:
                     group["params"] = [q for q in group["params"] if id(q) not in ids]
-                opt.add_param_group({"params": [t for t in tables if t.requires_grad],
-                                     "weight_decay": self.p5x_table_decay})
+                trained = [t for t in tables if t.requires_grad]  # none under --peft lora
+                if trained:
+                    opt.add_param_group({"params": trained, "weight_decay": self.p5x_table_decay})
             return opt
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

@@ -483,6 +483,19 @@ def test_table_weight_decay_decays_the_token_tables_alone(toy_dir, tmp_path):
         assert after < 0.7 * before
     for after, before in zip(tables_only[1], start[1]):
         assert after > 0.9 * before
+    # resumable: the param groups are rebuilt the same way, so checkpoint-1 resumed equals one run
+    import shutil
+
+    from safetensors.torch import load_file
+    steps = {**common, "max_steps": 2, "save_steps": 1}
+    full = train(TrainConfig(output=str(tmp_path / "f"), weight_decay=0.0, table_weight_decay=30.0, **steps))
+    killed = tmp_path / "k"
+    killed.mkdir()
+    shutil.copytree(full / "checkpoint-1", killed / "checkpoint-1")
+    resumed = train(TrainConfig(output=str(killed), resume=True, weight_decay=0.0, table_weight_decay=30.0, **steps))
+    a, b = load_file(str(full / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
     with pytest.raises(ConfigError, match="--table-weight-decay: must be >= 0"):
         TrainConfig(table_weight_decay=-0.5).validate()
     with pytest.raises(ConfigError, match="--table-weight-decay: not with --deepspeed"):
