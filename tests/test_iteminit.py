@@ -411,11 +411,26 @@ def test_a_second_run_loads_the_fitted_rows_from_the_cache(toy_dir, tmp_path, mo
         train(TrainConfig(output=str(tmp_path / "c"), **{**common, "item_init_cache": "off"}))
 
 
+def _assert_resume_equals_one_run(tmp_path, **cfg):
+    """Train `cfg` (save_steps 1) in one go, then again from a copy of its checkpoint-1 alone (a run killed
+    after step 1) with --resume: the two final weights must agree."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    full = train(TrainConfig(output=str(tmp_path / "full"), **cfg))
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    shutil.copytree(full / "checkpoint-1", killed / "checkpoint-1")
+    resumed = train(TrainConfig(output=str(killed), resume=True, **cfg))
+    a, b = load_file(str(full / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+
+
 def test_item_warmup_steps_hold_the_item_rows_near_their_start(toy_dir, tmp_path):
     """--item-warmup-steps N scales the item rows' updates by step/N: with N far beyond the run the
     rows barely move while the text-token rows train as usual; without it the item rows move too."""
-    from safetensors.torch import load_file
-
     common = dict(data=str(toy_dir), tasks="sequential", epochs=1, batch_size=16, max_steps=3, save_steps=100,
                   use_cpu=True, vocab_size=300, index="atomic", item_init="markov", max_source_len=128,
                   max_target_len=8, lr=1e-2, seed=0)
@@ -435,15 +450,7 @@ def test_item_warmup_steps_hold_the_item_rows_near_their_start(toy_dir, tmp_path
     assert moved(held[0], start[0]) < 1e-3 * moved(plain[0], start[0])  # scaled by <= 3/100,000
     assert moved(held[1], start[1]) > 1e-3  # the other rows train as usual
     # resumable: the scale depends on the global step alone (checkpoint-1 resumed equals one run)
-    import shutil
-    full = train(TrainConfig(output=str(tmp_path / "f"), item_warmup_steps=2, **{**common, "save_steps": 1}))
-    killed = tmp_path / "k"
-    killed.mkdir()
-    shutil.copytree(full / "checkpoint-1", killed / "checkpoint-1")
-    resumed = train(TrainConfig(output=str(killed), resume=True, item_warmup_steps=2, **{**common, "save_steps": 1}))
-    a, b = load_file(str(full / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
-    for k in a:
-        assert torch.allclose(a[k], b[k], atol=1e-6), k
+    _assert_resume_equals_one_run(tmp_path, item_warmup_steps=2, **{**common, "save_steps": 1})
 
 
 def test_item_warmup_steps_config_errors():
@@ -484,18 +491,8 @@ def test_table_weight_decay_decays_the_token_tables_alone(toy_dir, tmp_path):
     for after, before in zip(tables_only[1], start[1]):
         assert after > 0.9 * before
     # resumable: the param groups are rebuilt the same way, so checkpoint-1 resumed equals one run
-    import shutil
-
-    from safetensors.torch import load_file
-    steps = {**common, "max_steps": 2, "save_steps": 1}
-    full = train(TrainConfig(output=str(tmp_path / "f"), weight_decay=0.0, table_weight_decay=30.0, **steps))
-    killed = tmp_path / "k"
-    killed.mkdir()
-    shutil.copytree(full / "checkpoint-1", killed / "checkpoint-1")
-    resumed = train(TrainConfig(output=str(killed), resume=True, weight_decay=0.0, table_weight_decay=30.0, **steps))
-    a, b = load_file(str(full / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
-    for k in a:
-        assert torch.allclose(a[k], b[k], atol=1e-6), k
+    _assert_resume_equals_one_run(tmp_path, weight_decay=0.0, table_weight_decay=30.0,
+                                  **{**common, "max_steps": 2, "save_steps": 1})
     with pytest.raises(ConfigError, match="--table-weight-decay: must be >= 0"):
         TrainConfig(table_weight_decay=-0.5).validate()
     with pytest.raises(ConfigError, match="--table-weight-decay: not with --deepspeed"):
