@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,8 @@ def test_cache_time_limit_and_resume(toy_dir, tmp_path):
 
 
 def _run(args, timeout=300, env=None):
+    if env is None:  # a start time left in this shell by device_setup.sh would count against oneshot's budget
+        env = {k: v for k, v in os.environ.items() if k != "P5X_COMMAND_START"}
     return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
                           env=env)
 
@@ -273,10 +276,13 @@ def _oneshot_config(tmp_path) -> Path:
 @pytest.mark.slow
 def test_oneshot_runs_every_stage_inside_its_budget(toy_dir, tmp_path):
     out = tmp_path / "out"
+    # as on the device: device_setup.sh exported the command's start, 7 s before the driver began
+    env = {**os.environ, "P5X_COMMAND_START": str(time.time() - 7)}
     r = _run(["bench/beauty/oneshot.py", "--config", str(_oneshot_config(tmp_path)), "--data", str(toy_dir),
-              "--run", str(tmp_path / "run"), "--out", str(out)], timeout=400)
+              "--run", str(tmp_path / "run"), "--out", str(out)], timeout=400, env=env)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     s = json.loads((out / "summary.json").read_text())
+    assert 7 <= s["before_driver_s"] < 60 and s["elapsed_s"] >= s["before_driver_s"]  # inside the budget
     assert s["status"] == "done" and set(s["stages_s"]) == {"prepare", "calibrate_train", "calibrate_eval", "train",
                                                             "evaluate_sequential-1", "evaluate_sequential-13",
                                                             "evaluate_sequential-1_history_excluded", "diversity"}
@@ -320,6 +326,39 @@ def test_device_setup_without_wheels_says_what_to_run(tmp_path):
     shutil.copy(REPO / "bench" / "beauty" / "device_setup.sh", d)
     r = subprocess.run(["bash", str(d / "device_setup.sh")], capture_output=True, text=True)
     assert r.returncode == 2 and "carry.sh" in r.stderr
+
+
+def test_oneshot_budget_counts_from_the_command_start(tmp_path):
+    since = _oneshot().command_seconds_so_far
+    assert since(None) == 0.0 and since("") == 0.0
+    assert since("1000.5", now=1030.5) == pytest.approx(30.0)
+    with pytest.raises(ValueError, match="P5X_COMMAND_START.*epoch seconds"):
+        since("yesterday")
+    with pytest.raises(ValueError, match="in the future"):
+        since("2000", now=1000)
+    # a start long past leaves no budget: refused before anything is written
+    out = tmp_path / "out"
+    env = {**os.environ, "P5X_COMMAND_START": str(time.time() - 10_000)}
+    r = _run(["bench/beauty/oneshot.py", "--config", str(_oneshot_config(tmp_path)), "--data", str(tmp_path),
+              "--run", str(tmp_path / "run"), "--out", str(out)], env=env)
+    assert r.returncode == 2 and "P5X_COMMAND_START" in r.stderr and "started 10000 s ago" in r.stderr
+    assert not out.exists() and not (tmp_path / "run").exists()
+    env["P5X_COMMAND_START"] = "soon"
+    r = _run(["bench/beauty/oneshot.py", "--config", str(_oneshot_config(tmp_path)), "--out", str(out)], env=env)
+    assert r.returncode == 2 and "'soon'" in r.stderr and not out.exists()
+
+
+def test_device_setup_names_a_missing_wheel(tmp_path):
+    import shutil
+
+    d = tmp_path / "bench" / "beauty"
+    d.mkdir(parents=True)
+    shutil.copy(REPO / "bench" / "beauty" / "device_setup.sh", d)
+    (tmp_path / ".whl").mkdir()
+    for name in ("datasets-5.2.0", "dill-0.4.0", "multiprocess-0.70.18", "pyarrow-24.0.0"):  # no fsspec
+        (tmp_path / ".whl" / f"{name}-py3-none-any.whl").write_bytes(b"")
+    r = subprocess.run(["bash", str(d / "device_setup.sh")], capture_output=True, text=True)
+    assert r.returncode == 2 and "no fsspec wheel" in r.stderr and "carry.sh" in r.stderr
 
 
 def test_oneshot_ablation_goes_over_the_train_flags(tmp_path):

@@ -4,10 +4,15 @@
 # pyarrow is installed only where the image's is older than the carried datasets needs.
 #
 #   source bench/beauty/device_setup.sh     # exports PYTHONPATH=/tmp/site:REPO
+# Also exports P5X_COMMAND_START (epoch seconds, now, unless already set): oneshot.py counts its
+# budget from it, so the time spent here is inside the command's limit.
 set -eo pipefail
+export P5X_COMMAND_START="${P5X_COMMAND_START:-$(date +%s.%N)}"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 PY="${PYTHON:-python3}"
-ls "$REPO"/.whl/datasets-*.whl >/dev/null 2>&1 || { echo "device_setup: no wheels in $REPO/.whl (run bench/beauty/carry.sh here and carry .whl)" >&2; return 2 2>/dev/null || exit 2; }
+for pkg in datasets dill multiprocess fsspec pyarrow; do
+  ls "$REPO"/.whl/"$pkg"-*.whl >/dev/null 2>&1 || { echo "device_setup: no $pkg wheel in $REPO/.whl (run bench/beauty/carry.sh here and carry .whl)" >&2; return 2 2>/dev/null || exit 2; }
+done
 wheels=$(ls "$REPO"/.whl/*.whl | grep -v '/pyarrow-')
 # the pyarrow major version the carried datasets asks for (read with Python: the image has no unzip)
 need=$("$PY" - "$REPO"/.whl/datasets-*.whl <<'PY'

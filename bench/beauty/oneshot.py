@@ -2,6 +2,10 @@
 
     python bench/beauty/oneshot.py --budget 540 --out $OUT/oneshot
 
+The budget counts from the command's start: from $P5X_COMMAND_START where set (device_setup.sh
+exports it first thing, so its wheel installs and CUDA start are inside the budget), else from this
+driver's own start.
+
 A GPU lease here is 15 minutes of device time, machine start included, and one command may run 10
 minutes; the staged recipe (run_gpu.sh: prepare, train, train, evaluate, each a call) does not fit
 that. This driver runs the same stages in one process tree and sizes training to what is left:
@@ -55,12 +59,14 @@ MAX_METRICS_FILES = 3  # with summary.json/.md, throughput, log_history and the 
 
 
 class Budget:
-    def __init__(self, seconds: float):
+    """The command's seconds: `spent` of them went before this driver started (device_setup.sh)."""
+
+    def __init__(self, seconds: float, spent: float = 0.0):
         self.t0 = time.monotonic()
-        self.seconds = seconds
+        self.seconds, self.spent = seconds, spent
 
     def elapsed(self) -> float:
-        return time.monotonic() - self.t0
+        return self.spent + time.monotonic() - self.t0
 
     def left(self) -> float:
         return self.seconds - self.elapsed()
@@ -95,6 +101,27 @@ class Runner:
 
 class StageFailed(RuntimeError):
     pass
+
+
+COMMAND_START_ENV = "P5X_COMMAND_START"  # epoch seconds; bench/beauty/device_setup.sh exports it first thing
+
+
+def command_seconds_so_far(start: str | None, now: float | None = None) -> float:
+    """Seconds since the command began, by $P5X_COMMAND_START (0 when unset or empty).
+
+    The device runs one command under a hard limit, and device_setup.sh (wheel installs, CUDA start)
+    runs before this driver: counting the budget from the driver's own start would leave that time
+    out of it."""
+    if not start:
+        return 0.0
+    try:
+        t = float(start)
+    except ValueError:
+        raise ValueError(f"${COMMAND_START_ENV}: expected the command's start in epoch seconds, got {start!r}") from None
+    spent = (time.time() if now is None else now) - t
+    if spent < 0:
+        raise ValueError(f"${COMMAND_START_ENV}: {start} lies {-spent:.0f} s in the future")
+    return spent
 
 
 def load_sections(config: Path, ablation: str | None = None) -> tuple[dict, dict, dict]:
@@ -158,7 +185,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python bench/beauty/oneshot.py", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--config", type=Path, default=HERE / "config.json", help="recipe config")
-    ap.add_argument("--budget", type=float, help="seconds for the whole command (default: config oneshot.budget_s)")
+    ap.add_argument("--budget", type=float, help="seconds for the whole command, counted from $P5X_COMMAND_START "
+                    "(epoch seconds; device_setup.sh exports it as the command begins) when set, else from this "
+                    "driver's start (default: config oneshot.budget_s)")
     ap.add_argument("--run", type=Path, default=Path("runs/beauty-oneshot"), help="large files (data, cache, model)")
     ap.add_argument("--out", type=Path, default=Path("runs/beauty-oneshot/out"), help="small results")
     ap.add_argument("--beauty", type=Path, default=Path(os.environ.get("BEAUTY", REPO.parent / "shared/data/beauty")),
@@ -174,10 +203,20 @@ def main(argv=None) -> int:
     except (OSError, ValueError, KeyError) as e:
         print(f"error: {args.config}: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
-    budget = Budget(args.budget or float(one.get("budget_s", 540)))
     cal_train = float(one.get("calibrate_train_s", 30))
     cal_users = int(one.get("calibrate_users", 512))
     margin, min_train = float(one.get("margin_s", 20)), float(one.get("min_train_s", 60))
+    try:
+        spent = command_seconds_so_far(os.environ.get(COMMAND_START_ENV))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    budget = Budget(args.budget or float(one.get("budget_s", 540)), spent)
+    if budget.left() < min_train:
+        print(f"error: ${COMMAND_START_ENV} says this command started {spent:.0f} s ago, which leaves "
+              f"{budget.left():.0f} s of the {budget.seconds:.0f} s budget (unset it to count from this driver's "
+              f"start)", file=sys.stderr)
+        return 2
     max_passes = one.get("max_passes")  # absent/null: training fills its time, the rows repeat if need be
     if max_passes is not None and not (isinstance(max_passes, (int, float)) and max_passes > 0):
         print(f"error: {args.config}: oneshot.max_passes must be a positive number or null, got {max_passes!r}",
@@ -218,7 +257,7 @@ def main(argv=None) -> int:
     py = args.python
     data = args.data or (args.run / "data")
     model = args.run / "model"
-    summary.update({"budget_s": budget.seconds, "config": str(args.config), "ablation": args.ablation,
+    summary.update({"budget_s": budget.seconds, "before_driver_s": round(budget.spent, 1), "config": str(args.config), "ablation": args.ablation,
                     "train_flags": train,
                     "evaluate_flags": evaluate, "stages_s": run.stages})
     summary["commit"] = git_commit() or "unknown"
@@ -329,7 +368,8 @@ def _eval_user_count(py: str, data: Path, env: dict) -> int:
 
 def summary_md(s: dict) -> str:
     lines = [f"# Beauty one-shot run ({s.get('status')})", "",
-             f"commit {s.get('commit')}, budget {s.get('budget_s'):.0f} s, elapsed {s.get('elapsed_s')} s", ""]
+             f"commit {s.get('commit')}, budget {s.get('budget_s'):.0f} s, elapsed {s.get('elapsed_s')} s "
+             f"({s.get('before_driver_s', 0)} s of it before this driver started)", ""]
     if s.get("error"):
         lines += [f"error: {s['error']}", ""]
     lines += ["| stage | seconds |", "|---|---|"] + [f"| {k} | {v} |" for k, v in s.get("stages_s", {}).items()]
