@@ -23,7 +23,10 @@ gives a model before its first step, so a row for that init can be read against 
 with `--models markov`) is the factorised next-item model `--item-init markov` fits (tied: the last
 item's own row, times the fitted scale, dotted with every row), so its row reads against that init;
 markov-untied the two-table model `--item-init markov-untied` fits (the last item's source row
-dotted with every item's answer row).
+dotted with every item's answer row). content (only with `--models content`) ranks by p5x.content's
+prior alone: the TF-IDF similarity of the items' titles, brands and categories to the history's last
+three items (weights 1, .5, .25; no item its own neighbour), what `p5x.evaluate --content-prior`
+adds to the model's scores.
 
 SASRec (Kang & McAuley 2018) here is trained with full-softmax cross-entropy over all items at
 every position, which is what makes it strong; `sasrec-sigmoid` is the same encoder with a
@@ -54,7 +57,7 @@ DIRECT_KS, DIRECT_NDCG_KS = (1, 5, 10), (5, 10)
 N_NEGATIVES = 99
 TASKS = ("sequential", "direct", "rating")
 RANKERS = ("popularity", "transition", "sasrec")  # the sequential / direct baselines run by default
-EXTRA_RANKERS = ("cooc", "markov", "markov-untied")  # on request only (--models)
+EXTRA_RANKERS = ("cooc", "markov", "markov-untied", "content")  # on request only (--models)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -221,6 +224,28 @@ class FactorScorer:
         """[users, candidates] scores of each user's own candidate list (equal lengths)."""
         c = torch.tensor([[self.pos[i] for i in cs] for cs in cands], dtype=torch.long)
         return (torch.einsum("ud,ucd->uc", self._query(histories), self.vec[c]) + self.prior[c]).numpy()
+
+
+class ContentScorer:
+    """p5x.content.ContentPrior as a ranker; popularity breaks ties and ranks alone where the prior is 0."""
+
+    def __init__(self, ds: Dataset, split: Split, item_ids: list[str]):
+        from .content import ContentPrior
+
+        self.prior_of = ContentPrior(ds, item_ids)
+        self.pos = {iid: j for j, iid in enumerate(item_ids)}
+        pop = popularity_scores(split, item_ids)
+        self.tie = torch.from_numpy(1e-6 * (pop - pop.min()) / max(1e-9, float(pop.max() - pop.min()))).float()
+
+    def __call__(self, histories: list[list[str]]) -> torch.Tensor:
+        return torch.from_numpy(self.prior_of.scores(histories)) + self.tie
+
+    def candidate_scores(self, histories: list[list[str]], cands: list[list[str]], chunk: int = 1024) -> np.ndarray:
+        out = []
+        for s in range(0, len(histories), chunk):
+            c = torch.tensor([[self.pos[i] for i in cs] for cs in cands[s:s + chunk]], dtype=torch.long)
+            out.append(self(histories[s:s + chunk]).gather(1, c).numpy())
+        return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -529,7 +554,9 @@ def run_baselines(ds: Dataset, cfg: BaselineConfig) -> list[dict]:
     trans = TransitionScorer(split, item_ids) if "transition" in cfg.models else None
     fit_dev = cfg.device if cfg.device == "cuda" else None  # the CPU path keeps ARPACK for cooc
     factor = {m: FactorScorer(split, item_ids, cfg.dim, m, cfg.seed, fit_dev, cfg.progress)
-              for m in EXTRA_RANKERS if m in cfg.models}
+              for m in EXTRA_RANKERS if m in cfg.models and m != "content"}
+    if "content" in cfg.models:
+        factor["content"] = ContentScorer(ds, split, item_ids)
     full = "full ranking" + (" (history excluded)" if cfg.exclude_history else "")
     if "sequential" in cfg.tasks:
         pop_t = torch.from_numpy(pop)
@@ -613,7 +640,8 @@ def main(argv=None) -> int:
                     help="sequential/direct baselines to run, comma list of " + ", ".join(RANKERS + EXTRA_RANKERS)
                          + " (sasrec is slow, and markov on a CPU: minutes on Beauty; cooc, the co-occurrence vectors that train.py "
                          "--item-init cooc starts from, and markov / markov-untied, the next-item models "
-                         "--item-init markov / markov-untied fit, run only when named; rating always runs its three)")
+                         "--item-init markov / markov-untied fit, and content, the text prior p5x.evaluate "
+                         "--content-prior adds, run only when named; rating always runs its three)")
     ap.add_argument("--out", help="directory for metrics.json and metrics.md (printed only when absent)")
     ap.add_argument("--seed", type=int, default=0, help="seed for training and negative sampling")
     ap.add_argument("--epochs", type=int, default=200, help="SASRec training epochs")

@@ -144,6 +144,12 @@ class ItemTrie:
             return None
         return [self._name_of_token.get(t) for t in tokens]
 
+    def tokens_of_names(self, names: Sequence) -> list[int | None]:
+        """The token of each named one-token item (None for a name that is no such item)."""
+        if not hasattr(self, "_token_of_name"):
+            self._token_of_name = {v: k for k, v in self._name_of_token.items()}
+        return [self._token_of_name.get(n) for n in names]
+
     def contains(self, seq) -> bool:
         """Whether `seq` (ending in eos) is exactly one item's sequence."""
         return tuple(int(t) for t in seq) in self._items

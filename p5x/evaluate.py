@@ -70,6 +70,9 @@ class EvalConfig:
     exclude_history: bool = False        # full ranking leaves out the items each user already has
     by_history: bool = False             # next-item ranking also reported per history-length group
     history_len: int = 0                 # prompts show at most the last N history items (0: as trained)
+    content_prior: float = 0.0           # > 0: next-item ranking also with this weight x p5x.content's prior
+    content_items: int = 3               # the prior's history items (newest first)
+    content_decay: float = 0.5           # their weights: decay ** j
 
 
 def parse_number(text: str) -> float | None:
@@ -115,25 +118,41 @@ class Evaluator:
 
     # -- kinds ---------------------------------------------------------------------------------
     def next_items(self, rows) -> list[tuple]:
-        """[(protocol, metrics)] of full ranking, then (protocol, metrics, users) per history group."""
+        """[(protocol, metrics)] of full ranking, then (protocol, metrics, users) per history group;
+        with --content-prior the same again, ranked with the prior added."""
         exclude = None
+        histories = [self.ctx.split.history_ids(u, self.cfg.split) for u in rows["user_id"]]
         if self.cfg.exclude_history:
-            exclude = [self.ctx.split.history_ids(u, self.cfg.split) for u in rows["user_id"]]
-        ranked, invalid = rank_items(self.ckpt, rows["inputs"], self.trie, self.cfg.beams,
-                                     self.cfg.batch_size, desc="sequential", progress=self.cfg.progress,
-                                     exclude=exclude)
-        out = M.ranking_metrics(ranked, rows["item_id"], SEQ_KS)
-        out["invalid"] = invalid / max(1, len(rows["inputs"]) * min(self.cfg.beams, self.trie.num_items))
+            exclude = histories
         protocol = "full ranking" + (" (history excluded)" if self.cfg.exclude_history else "")
-        res = [(protocol, out)]
-        if self.cfg.by_history:  # metrics over the group's prompts; its label counts users, as the baselines' do
-            groups = [M.history_group(len(self.ctx.split.history_ids(u, self.cfg.split))) for u in rows["user_id"]]
-            users: dict[str, set] = defaultdict(set)
-            for u, g in zip(rows["user_id"], groups):
-                users[g].add(u)
-            res += [(M.history_groups_protocol(protocol, label, len(users[label])), m, n) for label, n, m in
-                    M.ranking_metrics_by_group(ranked, rows["item_id"], groups, SEQ_KS, order=M.HISTORY_LABELS)]
+        res = []
+        for prior in [None] + ([self.content_prior()] if self.cfg.content_prior > 0 else []):
+            ranked, invalid = rank_items(self.ckpt, rows["inputs"], self.trie, self.cfg.beams,
+                                         self.cfg.batch_size, desc="sequential", progress=self.cfg.progress,
+                                         exclude=exclude,
+                                         prior=None if prior is None else (prior, histories, self.cfg.content_prior))
+            out = M.ranking_metrics(ranked, rows["item_id"], SEQ_KS)
+            out["invalid"] = invalid / max(1, len(rows["inputs"]) * min(self.cfg.beams, self.trie.num_items))
+            label = protocol if prior is None else protocol + f" + {_fmt(self.cfg.content_prior)} x content prior " \
+                f"({self.cfg.content_items} items back, decay {_fmt(self.cfg.content_decay)})"
+            res.append((label, out))
+            if self.cfg.by_history:  # metrics over the group's prompts; its label counts users, as the baselines' do
+                groups = [M.history_group(len(h)) for h in histories]
+                users: dict[str, set] = defaultdict(set)
+                for u, g in zip(rows["user_id"], groups):
+                    users[g].add(u)
+                res += [(M.history_groups_protocol(label, g, len(users[g])), m, n) for g, n, m in
+                        M.ranking_metrics_by_group(ranked, rows["item_id"], groups, SEQ_KS, order=M.HISTORY_LABELS)]
         return res
+
+    def content_prior(self):
+        """p5x.content's prior over the catalogue, built once (TF-IDF of the item texts)."""
+        if getattr(self, "_content", None) is None:
+            from .content import ContentPrior
+
+            self._content = ContentPrior(self.ds, list(self.ckpt.index.codes), self.cfg.content_items,
+                                         self.cfg.content_decay)
+        return self._content
 
     def candidates_by_generation(self, rows) -> dict:
         # the answer is one of the prompt's candidates: the search runs over them alone
@@ -280,6 +299,10 @@ class Evaluator:
         return []
 
 
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
 def _one_of(candidate_lists) -> str:
     """'1-of-100' (or '1-of-40..100' where a small catalogue leaves some users fewer negatives)."""
     sizes = {len(c) for c in candidate_lists}
@@ -343,6 +366,8 @@ def evaluate(cfg: EvalConfig) -> tuple[list[dict], dict]:
             "beams": cfg.beams, "per_kind": cfg.per_kind, "template_ids_kept": list(cfg.template_ids) or None,
             "exclude_history": cfg.exclude_history, "by_history": cfg.by_history,
             "history_len": cfg.history_len or None,
+            "content_prior": {"weight": cfg.content_prior, "items_back": cfg.content_items,
+                              "decay": cfg.content_decay} if cfg.content_prior > 0 else None,
             "model_eval_seconds": round(model_seconds, 3), "model_warmup_seconds": round(warmup_seconds, 3)}
     return rows, meta
 
@@ -371,6 +396,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "items (1-20; 0: as in training, the last 20): a probe of how much of the history the model "
                     "uses; rows of prompts with an id history say so in their protocol (title and preference "
                     "prompts keep theirs)")
+    ap.add_argument("--content-prior", type=float, default=0.0, help="> 0: next-item full ranking is also "
+                    "reported ranked by log P(item) + this weight x a content prior, the TF-IDF similarity of each "
+                    "item's title, brand and categories to the user's latest items (p5x.content; a row of its own, "
+                    "labelled; one-token ids, --index atomic, only). On Beauty 6 was chosen on validation "
+                    "(bench/RESULTS.md, session 35); 0: off")
+    ap.add_argument("--content-items", type=int, default=3, help="the content prior's history items, newest first")
+    ap.add_argument("--content-decay", type=float, default=0.5, help="the content prior's weight of the j-th "
+                    "newest history item: decay ** j")
     ap.add_argument("--no-baselines", action="store_true", help="skip the same-split baseline rows")
     ap.add_argument("--baseline-epochs", type=int, default=50, help="SASRec epochs for the baseline rows")
     ap.add_argument("--out", type=Path, help="directory for metrics.json/metrics.md (default CKPT/eval)")
@@ -387,11 +420,14 @@ def main(argv=None) -> int:
             raise ConfigError(f"--templates: expected seen, unseen or seen,unseen, got {args.templates!r}")
         if args.beams < 1 or args.batch_size < 1 or args.per_kind < 0:
             raise ConfigError("--beams and --batch-size must be positive, --per-kind not negative")
+        if args.content_prior < 0 or args.content_items < 1 or not 0 < args.content_decay <= 1:
+            raise ConfigError("--content-prior must be >= 0, --content-items >= 1 and --content-decay in (0, 1]")
         cfg = EvalConfig(args.checkpoint, args.data, args.tasks, args.split, groups, args.beams,
                          args.batch_size, args.max_users, not args.no_baselines, args.baseline_epochs,
                          args.out, args.device, not args.no_progress,
                          tuple(t.strip() for t in args.template_ids.split(",") if t.strip()), args.per_kind,
-                         args.exclude_history, args.by_history, args.history_len)
+                         args.exclude_history, args.by_history, args.history_len, args.content_prior,
+                         args.content_items, args.content_decay)
         rows, meta = evaluate(cfg)
         out = args.out or (args.checkpoint / "eval")
         M.write_results(out / "metrics.json", rows, meta)

@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .decoding import Exclusion, ItemTrie, TrieLogitsProcessor, fit_width
+from .errors import ConfigError
 
 
 def _device(model) -> torch.device:
@@ -71,7 +72,8 @@ def generate_text(ckpt, prompts: Sequence[str], max_new_tokens: int = 64, batch_
 def rank_items(ckpt, prompts: Sequence[str], trie: ItemTrie, beams: int = 20, batch_size: int = 16,
                desc: str | None = None, progress: bool = True, fast: bool = True,
                exclude: Sequence[Iterable[str]] | None = None,
-               allow: Sequence[Iterable[str]] | None = None) -> tuple[list[list[str]], int]:
+               allow: Sequence[Iterable[str]] | None = None,
+               prior: tuple | None = None) -> tuple[list[list[str]], int]:
     """Top-`beams` raw item ids per prompt (best first) and the count of outputs that were not items.
 
     The search is p5x's own, `trie_beams`, which returns HF's beams (`one_token_beams`, its cut-down
@@ -85,7 +87,12 @@ def rank_items(ckpt, prompts: Sequence[str], trie: ItemTrie, beams: int = 20, ba
 
     `allow[k]` (raw ids, e.g. the candidates a prompt lists) is the other way round: prompt k may be
     given only these items (ItemTrie.restriction), the search running as over a trie of them alone.
-    One of `exclude` and `allow` at a time."""
+    One of `exclude` and `allow` at a time.
+
+    `prior` = (scorer, histories, weight): prompt k's first answer step ranks items by log P(item)
+    plus weight x scorer.scores([histories[k]]) (one score per `scorer.items`, e.g. a
+    p5x.content.ContentPrior), as a logits processor adding it would in HF's beam search. One-token
+    item ids only (where the first step names the item)."""
     ckpt.model.eval()
     if exclude is not None and allow is not None:
         raise ValueError("rank_items takes exclude or allow, not both")
@@ -99,6 +106,17 @@ def rank_items(ckpt, prompts: Sequence[str], trie: ItemTrie, beams: int = 20, ba
     # token of an encoder-decoder and opens a decoder-only model's output
     one_token = trie.max_len == 2 and fast
     item_col = 0 if ckpt.model.decoder_only else 1
+    if prior is not None:
+        scorer, histories, weight = prior
+        if not one_token or ckpt.model.decoder_only:
+            raise ConfigError("a prior on the item scores needs one-token item ids (--index atomic) on an "
+                              "encoder-decoder, ranked by p5x's own search")
+        if len(histories) != len(prompts):
+            raise ValueError(f"rank_items got {len(histories)} prior histories for {len(prompts)} prompts")
+        cols = trie.tokens_of_names(scorer.items)
+        keep = [k for k, c in enumerate(cols) if c is not None]
+        prior_cols = torch.tensor([cols[k] for k in keep], dtype=torch.long, device=_device(ckpt.model))
+        prior_keep = torch.tensor(keep, dtype=torch.long)
     for s, e in _batches(len(prompts), batch_size, desc, progress):
         batch = _encode(ckpt, prompts[s:e])
         # per prompt: the set of names it may not be given (exclude) or may only be given (allow),
@@ -115,7 +133,12 @@ def rank_items(ckpt, prompts: Sequence[str], trie: ItemTrie, beams: int = 20, ba
         if fast:
             embeds = ckpt.model.embed(batch["input_ids"], batch.get("whole_word_ids"))
             search = one_token_beams if one_token and not ckpt.model.decoder_only else trie_beams
-            ids = search(ckpt.model.backbone, embeds, batch["attention_mask"], trie, beams, exclusion)
+            if prior is not None:
+                add = torch.from_numpy(scorer.scores(histories[s:e]))[:, prior_keep] * weight
+                ids = one_token_beams(ckpt.model.backbone, embeds, batch["attention_mask"], trie, beams, exclusion,
+                                      bonus=(prior_cols, add.to(prior_cols.device)))
+            else:
+                ids = search(ckpt.model.backbone, embeds, batch["attention_mask"], trie, beams, exclusion)
         else:
             # decoder-only models generating from inputs_embeds see only the new tokens
             proc = TrieLogitsProcessor(trie, prompt_len=0, decoder_start=not ckpt.model.decoder_only,
@@ -159,7 +182,7 @@ def _with_cache(backbone, cache) -> dict:
 
 @torch.no_grad()
 def one_token_beams(backbone, embeds: torch.Tensor, mask: torch.Tensor, trie: ItemTrie, beams: int,
-                    exclusion: Exclusion | None = None) -> torch.Tensor:
+                    exclusion: Exclusion | None = None, bonus: tuple | None = None) -> torch.Tensor:
     """`trie_beams` for an encoder-decoder when every item is a single token followed by eos, cut to
     what that case needs (about 1.35x faster on t5-tiny, where the search's own work is a large share).
 
@@ -167,6 +190,9 @@ def one_token_beams(backbone, embeds: torch.Tensor, mask: torch.Tensor, trie: It
     starts identical, so this is a top-k over one row per prompt); its second step can only add eos to
     each, and all beams end at the same length, so the final order is by log P(item) + log P(eos |
     item), the score HF ranks finished beams by: only the eos column of the second step is needed.
+    `bonus` = (tokens [m], values [n, m]) is added to the first step's log-probabilities at those
+    tokens (a prior over the items, as a logits processor would add it), so it counts in the top-k
+    and in the final order.
     Returns [n * beams, 3] token ids (decoder start, item, eos), each prompt's beams best first."""
     n, dev = mask.shape[0], mask.device
     if trie.device != dev:
@@ -174,6 +200,8 @@ def one_token_beams(backbone, embeds: torch.Tensor, mask: torch.Tensor, trie: It
     first, step = _seq2seq_steps(backbone, embeds, mask, beams)
     logp = torch.log_softmax(first.float(), -1).masked_fill(~fit_width(trie.root_mask(), first.shape[1]),
                                                             float("-inf"))
+    if bonus is not None:
+        logp[:, bonus[0]] += bonus[1].to(logp.dtype)
     logp = trie.mask_excluded(logp, exclusion, trie.root_states(n), torch.arange(n, device=dev))
     top, items = logp.topk(beams, dim=-1)  # [n, beams]
     logits2 = step(items.reshape(-1), None).float()
