@@ -367,6 +367,9 @@ def test_oneshot_ablation_goes_over_the_train_flags(tmp_path):
     train, evaluate, one = load(REPO / "bench" / "beauty" / "config.json", "no_whole_word")
     assert train["whole_word_embeddings"] == "off" and train["epochs"] == cfg["oneshot"]["train"]["epochs"]
     assert "time_limit" not in train and "max_users" not in evaluate
+    # the content prior's row (one-token ids only): the main run has it, an ablation without atomic ids not
+    assert load(REPO / "bench" / "beauty" / "config.json")[1]["content_prior"] == 6
+    assert "content_prior" not in load(REPO / "bench" / "beauty" / "config.json", "index_random")[1]
     main = load(REPO / "bench" / "beauty" / "config.json")[0]
     assert main["whole_word_embeddings"] == "on"
     # the one-command run trains next-item prompts alone (RESULTS session 15); the curriculum it replaced

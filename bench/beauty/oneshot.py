@@ -144,6 +144,8 @@ def load_sections(config: Path, ablation: str | None = None) -> tuple[dict, dict
     if ablation and train == main:  # a lease spent on the main run again, under another name
         raise KeyError(f"ablation {ablation!r} leaves this run's flags as they are (it equals the main run here)")
     evaluate = {**cfg["evaluate"], **one.get("evaluate", {})}
+    if train.get("index") != "atomic":  # the content prior ranks one-token ids only (p5x.evaluate refuses others)
+        evaluate.pop("content_prior", None)
     for k in ("time_limit", "max_steps", "resume", "prepare_only"):  # this driver sets them
         train.pop(k, None)
     evaluate.pop("max_users", None)
