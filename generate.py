@@ -124,7 +124,9 @@ class Session:
             return None
         if getattr(self, "_content", None) is None:
             from p5x.content import ContentPrior
+            from p5x.inference import check_prior_supported
 
+            check_prior_supported(self.ckpt, self.trie)
             self._content = ContentPrior(self.ds, list(self.ckpt.index.codes))
         return self._content, histories, self.args.content_prior
 
@@ -247,10 +249,8 @@ def batch(session, args) -> list[dict]:
                                      "explanation": ("explain",), "review": ("summary",)}[args.task])
     rows = render(session.ctx, [args.task], args.split, templates=[t.id])
     if args.task == "sequential":
-        exclude = None
-        if args.exclude_seen:
-            exclude = [session.ctx.split.history_ids(u, args.split) for u in rows["user_id"]]
         hist = [session.ctx.split.history_ids(u, args.split) for u in rows["user_id"]]
+        exclude = hist if args.exclude_seen else None
         ranked, _ = rank_items(session.ckpt, rows["inputs"], session.trie, max(args.beams, args.top_k),
                                desc="users", exclude=exclude, prior=session.prior(hist))
         outs = [{"items": r[: args.top_k]} for r in ranked]

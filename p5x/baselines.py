@@ -119,6 +119,12 @@ def popularity_scores(split: Split, item_ids: list[str]) -> np.ndarray:
     return c - np.arange(len(item_ids)) * (0.5 / max(1, len(item_ids)))
 
 
+def popularity_tiebreak(split: Split, item_ids: list[str], scale: float) -> torch.Tensor:
+    """Popularity scaled into [0, scale] (float64): added to a ranker's scores, it orders only their ties."""
+    pop = popularity_scores(split, item_ids)
+    return torch.from_numpy(scale * (pop - pop.min()) / max(1e-9, float(pop.max() - pop.min())))
+
+
 # ----------------------------------------------------------------------------------------------
 # transition (first-order Markov chain on the last item)
 
@@ -208,8 +214,7 @@ class FactorScorer:
             vec, query, _ = fit_markov(split, item_ids, dim, seed, device, progress=progress,
                                        two_tables=method == "markov-untied")
             self.vec, self.query = torch.from_numpy(vec).double(), torch.from_numpy(query).double()
-        pop = popularity_scores(split, item_ids)
-        self.prior = torch.from_numpy(1e-9 * (pop - pop.min()) / max(1e-9, float(pop.max() - pop.min())))
+        self.prior = popularity_tiebreak(split, item_ids, 1e-9)
 
     def _query(self, histories: list[list[str]]) -> torch.Tensor:
         """[users, dim]: the last item's query, zero for an empty history or an unknown item."""
@@ -234,8 +239,7 @@ class ContentScorer:
 
         self.prior_of = ContentPrior(ds, item_ids)
         self.pos = {iid: j for j, iid in enumerate(item_ids)}
-        pop = popularity_scores(split, item_ids)
-        self.tie = torch.from_numpy(1e-6 * (pop - pop.min()) / max(1e-9, float(pop.max() - pop.min()))).float()
+        self.tie = popularity_tiebreak(split, item_ids, 1e-6).float()
 
     def __call__(self, histories: list[list[str]]) -> torch.Tensor:
         return torch.from_numpy(self.prior_of.scores(histories)) + self.tie

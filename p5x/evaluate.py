@@ -38,7 +38,8 @@ import torch
 
 from . import metrics as M
 from .errors import ConfigError, P5XError, close_matches
-from .inference import build_item_trie, generate_text, rank_items, target_logprob, yes_probability
+from .inference import (build_item_trie, check_prior_supported, generate_text, rank_items, target_logprob,
+                        yes_probability)
 from .schema import load_dataset
 from .tasks import HISTORY_LEN, history_text, make_context, render, resolve_families
 from .templates import Template
@@ -112,6 +113,8 @@ class Evaluator:
         if cfg.history_len:  # a copy: a context handed in (p5x.transfer shares one) stays as it was
             self.ctx = replace(self.ctx, history_len=cfg.history_len)
         self.trie = build_item_trie(ckpt)
+        if cfg.content_prior > 0:  # refused before any ranking, not after the plain pass
+            check_prior_supported(ckpt, self.trie)
         ratings = [x.rating for xs in self.ctx.split.train.values() for x in xs if x.rating is not None]
         self.train_mean = train_mean if train_mean is not None else \
             (float(np.mean(ratings)) if ratings else 3.0)

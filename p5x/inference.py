@@ -69,6 +69,14 @@ def generate_text(ckpt, prompts: Sequence[str], max_new_tokens: int = 64, batch_
 
 
 @torch.no_grad()
+def check_prior_supported(ckpt, trie: ItemTrie) -> None:
+    """A prior over the items (rank_items' `prior`) is added at the step that names the item: one-token
+    ids on an encoder-decoder. Raises ConfigError otherwise, before any ranking work."""
+    if trie.max_len != 2 or ckpt.model.decoder_only:
+        raise ConfigError("a prior on the item scores (--content-prior) needs one-token item ids (--index atomic) "
+                          "on an encoder-decoder")
+
+
 def rank_items(ckpt, prompts: Sequence[str], trie: ItemTrie, beams: int = 20, batch_size: int = 16,
                desc: str | None = None, progress: bool = True, fast: bool = True,
                exclude: Sequence[Iterable[str]] | None = None,
@@ -108,9 +116,9 @@ def rank_items(ckpt, prompts: Sequence[str], trie: ItemTrie, beams: int = 20, ba
     item_col = 0 if ckpt.model.decoder_only else 1
     if prior is not None:
         scorer, histories, weight = prior
-        if not one_token or ckpt.model.decoder_only:
-            raise ConfigError("a prior on the item scores needs one-token item ids (--index atomic) on an "
-                              "encoder-decoder, ranked by p5x's own search")
+        if not fast:
+            raise ValueError("rank_items: a prior is added by p5x's own search (fast=True)")
+        check_prior_supported(ckpt, trie)
         if len(histories) != len(prompts):
             raise ValueError(f"rank_items got {len(histories)} prior histories for {len(prompts)} prompts")
         cols = trie.tokens_of_names(scorer.items)

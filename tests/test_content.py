@@ -102,11 +102,22 @@ def test_rank_items_adds_the_prior_to_the_first_step(atomic_dir, toy_ds):
     assert mid != plain and all(len(set(r)) == 5 for r in mid)
 
 
-def test_rank_items_refuses_a_prior_for_multi_token_ids(toy_dir, toy_ds, tmp_path):
-    ck = load_checkpoint(_tiny_run(toy_dir, tmp_path / "random", tasks="sequential"), data=toy_ds)
+def test_a_prior_for_multi_token_ids_is_refused_before_any_ranking(toy_dir, toy_ds, tmp_path, capsys):
+    from test_evaluate import _gen
+
+    run = _tiny_run(toy_dir, tmp_path / "random", tasks="sequential")
+    ck = load_checkpoint(run, data=toy_ds)
     trie = build_item_trie(ck)
     with pytest.raises(ConfigError, match="one-token item ids"):
         rank_items(ck, ["what next ?"], trie, beams=3, progress=False, prior=(_Fixed(toy_ds.items), [[]], 1.0))
+    out = tmp_path / "ev"
+    capsys.readouterr()  # (the training's own output)
+    rc = evaluate_main(["--checkpoint", str(run), "--tasks", "sequential", "--no-baselines", "--no-progress",
+                        "--content-prior", "2", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "one-token item ids" in err and err.count("\n") == 1 and not out.exists()
+    r = _gen("--checkpoint", str(run), "--task", "sequential", "--user", sorted(toy_ds.users)[0], "--content-prior", "2")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "one-token item ids" in r.stderr
 
 
 def test_evaluate_reports_a_labelled_row_with_the_prior(atomic_dir, tmp_path, capsys):
