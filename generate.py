@@ -45,9 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--top-k", type=int, default=10, help="sequential: how many items to return")
     ap.add_argument("--exclude-seen", action="store_true", help="sequential: recommend only items the user does "
                     "not have yet (the search skips them, so --top-k items still come back)")
-    ap.add_argument("--content-prior", type=float, default=0.0, help="sequential, one-token ids (--index atomic): "
+    ap.add_argument("--content-prior", type=float, help="sequential, one-token ids (--index atomic): "
                     "rank by log P(item) + this weight x the TF-IDF similarity of the items' titles, brands and "
-                    "categories to the user's last 3 items (p5x.content; 6 on Beauty, chosen on validation); 0: off")
+                    "categories to the user's last 3 items (p5x.content; 6 on Beauty, chosen on validation); 0: off. "
+                    "Default: the weight the checkpoint was trained with (train.py --content-prior), else 0")
     ap.add_argument("--split", choices=("valid", "test"), help="batch mode: every user of this held-out part")
     ap.add_argument("--output", type=Path, help="batch mode: write JSON lines here (atomically)")
     ap.add_argument("--json", action="store_true", help="print JSON lines instead of text")
@@ -119,16 +120,20 @@ class Session:
         return next(t for t in fam.templates if t.kind in kinds and not t.unseen)
 
     def prior(self, histories):
-        """rank_items' `prior` for these histories under --content-prior (None when off)."""
-        if self.args.content_prior <= 0:
+        """rank_items' `prior` for these histories under --content-prior (the checkpoint's own weight when
+        the flag is left out; None when that is 0)."""
+        from p5x.content import prior_settings
+
+        weight, items_back, decay = prior_settings(self.args.content_prior, None, None, self.ckpt.config)
+        if weight <= 0:
             return None
         if getattr(self, "_content", None) is None:
             from p5x.content import ContentPrior
             from p5x.inference import check_prior_supported
 
             check_prior_supported(self.ckpt, self.trie)
-            self._content = ContentPrior(self.ds, list(self.ckpt.index.codes))
-        return self._content, histories, self.args.content_prior
+            self._content = ContentPrior(self.ds, list(self.ckpt.index.codes), items_back, decay)
+        return self._content, histories, weight
 
     def title(self, iid):
         return self.ds.items[iid].title or ""
@@ -304,7 +309,7 @@ def main(argv=None) -> int:
     try:
         if args.top_k < 1 or args.beams < 1:
             raise ConfigError("--top-k and --beams must be positive")
-        if args.content_prior < 0:
+        if args.content_prior is not None and args.content_prior < 0:
             raise ConfigError(f"--content-prior: expected >= 0, got {args.content_prior}")
         if args.output and not args.split:
             raise ConfigError("--output is for batch mode: add --split test (or valid)")

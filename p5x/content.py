@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 from scipy import sparse
 
 from .schema import Dataset
@@ -84,3 +85,81 @@ def _tfidf(texts: list[str]) -> sparse.csr_matrix:
         return vec.fit_transform(texts).tocsr()
     except ValueError:  # no term in two items' texts
         return sparse.csr_matrix((len(texts), 1), dtype=np.float32)
+
+
+def similarity_table(prior: ContentPrior, chunk: int = 2048) -> np.ndarray:
+    """[items, items] float16: cos(i, j) of the prior's vectors, 0 on the diagonal (no item is its own
+    neighbour), so row h summed over a history's last items, decay-weighted, is ContentPrior.scores.
+    Built a block of rows at a time (a sparse product per block, densified)."""
+    n = len(prior.items)
+    out = np.empty((n, n), dtype=np.float16)
+    xt = prior.vectors.T.tocsc()
+    for s in range(0, n, chunk):
+        out[s:s + chunk] = (prior.vectors[s:s + chunk] @ xt).toarray()
+    np.fill_diagonal(out, 0)
+    return out
+
+
+# the largest catalogue whose items x items float16 table training holds (32,768 items: 2 GiB)
+MAX_TABLE_ITEMS = 32_768
+
+
+class AnswerPrior(torch.nn.Module):
+    """Training with the prior (train.py --content-prior W): W x the prior of each next-item prompt,
+    added to the answer step's item logits before the loss, the same bonus p5x's search adds when
+    ranking. The model then learns what the prior leaves to learn, and is ranked with it.
+
+    The history is read from the prompt itself: its item tokens in order (a next-item prompt lists
+    the history oldest first, and nothing else that is an item), the last `items_back` of them
+    weighted decay ** j, newest first, through `similarity_table`. Its tables are buffers that are not
+    saved (a checkpoint records the weight; the prior is rebuilt from the item texts).
+    """
+
+    def __init__(self, prior: ContentPrior, token_ids: Sequence[int], weight: float):
+        super().__init__()
+        n = len(prior.items)
+        if len(token_ids) != n:
+            raise ValueError(f"AnswerPrior: {len(token_ids)} item tokens for {n} items")
+        if n > MAX_TABLE_ITEMS:
+            from .errors import ConfigError
+            raise ConfigError(f"--content-prior: training holds an items x items table; {n} items are more than "
+                              f"its {MAX_TABLE_ITEMS} (rank with the prior after training instead: p5x.evaluate "
+                              f"--content-prior)")
+        self.weight, self.items_back, self.decay = float(weight), prior.items_back, prior.decay
+        cols = torch.as_tensor(list(token_ids), dtype=torch.long)
+        row_of = torch.full((int(cols.max()) + 1,), -1, dtype=torch.long)
+        row_of[cols] = torch.arange(n)
+        self.register_buffer("table", torch.from_numpy(similarity_table(prior)), persistent=False)
+        self.register_buffer("cols", cols, persistent=False)
+        self.register_buffer("row_of", row_of, persistent=False)
+
+    def item_scores(self, input_ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """[B, items] float32: the prior of each prompt's history (zeros for rows not flagged in `rows`)."""
+        ids = input_ids.long()
+        r = torch.where(ids < self.row_of.numel(), self.row_of[ids.clamp(max=self.row_of.numel() - 1)], -1)
+        is_item = (r >= 0) & rows.to(torch.bool)[:, None]
+        back = is_item.flip(1).cumsum(1).flip(1)  # at an item token: how many item tokens from it on (1: newest)
+        out = torch.zeros(ids.shape[0], self.table.shape[0], dtype=torch.float32, device=ids.device)
+        for j in range(self.items_back):
+            at = is_item & (back == j + 1)
+            has = at.any(1)
+            row = r.gather(1, at.to(torch.int8).argmax(1, keepdim=True))[:, 0].clamp(min=0)
+            out += self.table[row].float() * (self.decay ** j * has.float())[:, None]
+        return out
+
+    def forward(self, input_ids: torch.Tensor, rows: torch.Tensor, vocab_size: int) -> torch.Tensor:
+        """[B, vocab_size] float32: W x item_scores at the item tokens, 0 elsewhere."""
+        bias = torch.zeros(input_ids.shape[0], vocab_size, dtype=torch.float32, device=input_ids.device)
+        bias[:, self.cols] = self.weight * self.item_scores(input_ids, rows)
+        return bias
+
+
+def prior_settings(weight: float | None, items_back: int | None, decay: float | None,
+                   config: dict) -> tuple[float, int, float]:
+    """(weight, items_back, decay) for ranking a checkpoint: each given value as it is, each None the one
+    the checkpoint was trained with (its p5x_config.json "content_prior", train.py --content-prior), else
+    0 (no prior), 3 and 0.5."""
+    rec = config.get("content_prior") or {}
+    return (float(rec.get("weight", 0.0)) if weight is None else float(weight),
+            int(rec.get("items_back", 3)) if items_back is None else int(items_back),
+            float(rec.get("decay", 0.5)) if decay is None else float(decay))

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from . import metrics as M
+from .content import prior_settings
 from .errors import ConfigError, P5XError, close_matches
 from .inference import (build_item_trie, check_prior_supported, generate_text, rank_items, target_logprob,
                         yes_probability)
@@ -71,9 +72,11 @@ class EvalConfig:
     exclude_history: bool = False        # full ranking leaves out the items each user already has
     by_history: bool = False             # next-item ranking also reported per history-length group
     history_len: int = 0                 # prompts show at most the last N history items (0: as trained)
-    content_prior: float = 0.0           # > 0: next-item ranking also with this weight x p5x.content's prior
-    content_items: int = 3               # the prior's history items (newest first)
-    content_decay: float = 0.5           # their weights: decay ** j
+    # > 0: next-item ranking also with this weight x p5x.content's prior; None (here and below): as the
+    # checkpoint was trained (train.py --content-prior), else 0 (resolved by evaluate(); Evaluator reads None as 0)
+    content_prior: float | None = None
+    content_items: int | None = None     # the prior's history items (newest first; None: trained or 3)
+    content_decay: float | None = None   # their weights: decay ** j (None: trained or 0.5)
 
 
 def parse_number(text: str) -> float | None:
@@ -104,6 +107,8 @@ class Evaluator:
     """
 
     def __init__(self, ckpt, ds, cfg: EvalConfig, ctx=None, train_mean: float | None = None):
+        # prior settings left None: no prior, 3 items, 0.5 (evaluate() fills in the checkpoint's own first)
+        cfg = replace(cfg, **_prior_fields(cfg, {}))
         self.ckpt, self.ds, self.cfg = ckpt, ds, cfg
         self.ctx = ctx or make_context(ds, ckpt.config.get("indexing", "random"), ckpt.config.get("seed", 0),
                                        index=ckpt.index, user_index=ckpt.user_index)
@@ -113,7 +118,7 @@ class Evaluator:
         if cfg.history_len:  # a copy: a context handed in (p5x.transfer shares one) stays as it was
             self.ctx = replace(self.ctx, history_len=cfg.history_len)
         self.trie = build_item_trie(ckpt)
-        if cfg.content_prior > 0:  # refused before any ranking, not after the plain pass
+        if cfg.content_prior:  # refused before any ranking, not after the plain pass
             check_prior_supported(ckpt, self.trie)
         ratings = [x.rating for xs in self.ctx.split.train.values() for x in xs if x.rating is not None]
         self.train_mean = train_mean if train_mean is not None else \
@@ -128,16 +133,20 @@ class Evaluator:
         if self.cfg.exclude_history:
             exclude = histories
         protocol = "full ranking" + (" (history excluded)" if self.cfg.exclude_history else "")
+        trained = (self.ckpt.config.get("content_prior") or {}).get("weight")
         res = []
-        for prior in [None] + ([self.content_prior()] if self.cfg.content_prior > 0 else []):
+        for prior in [None] + ([self.content_prior()] if self.cfg.content_prior else []):
             ranked, invalid = rank_items(self.ckpt, rows["inputs"], self.trie, self.cfg.beams,
                                          self.cfg.batch_size, desc="sequential", progress=self.cfg.progress,
                                          exclude=exclude,
                                          prior=None if prior is None else (prior, histories, self.cfg.content_prior))
             out = M.ranking_metrics(ranked, rows["item_id"], SEQ_KS)
             out["invalid"] = invalid / max(1, len(rows["inputs"]) * min(self.cfg.beams, self.trie.num_items))
-            label = protocol if prior is None else protocol + f" + {_fmt(self.cfg.content_prior)} x content prior " \
-                f"({self.cfg.content_items} items back, decay {_fmt(self.cfg.content_decay)})"
+            if prior is None:  # a model trained with the prior, ranked without it, says so
+                label = protocol + (f", model alone (trained with {_fmt(trained)} x content prior)" if trained else "")
+            else:
+                label = protocol + f" + {_fmt(self.cfg.content_prior)} x content prior " \
+                    f"({self.cfg.content_items} items back, decay {_fmt(self.cfg.content_decay)})"
             res.append((label, out))
             if self.cfg.by_history:  # metrics over the group's prompts; its label counts users, as the baselines' do
                 groups = [M.history_group(len(h)) for h in histories]
@@ -302,6 +311,12 @@ class Evaluator:
         return []
 
 
+def _prior_fields(cfg: EvalConfig, config: dict) -> dict:
+    """cfg's content-prior fields with each None filled in by p5x.content.prior_settings."""
+    keys = ("content_prior", "content_items", "content_decay")
+    return dict(zip(keys, prior_settings(*(getattr(cfg, k) for k in keys), config)))
+
+
 def _fmt(x: float) -> str:
     return f"{x:g}"
 
@@ -332,6 +347,7 @@ def evaluate(cfg: EvalConfig) -> tuple[list[dict], dict]:
     from .checkpoint import load_checkpoint, read_config
 
     config = read_config(cfg.checkpoint)
+    cfg = replace(cfg, **_prior_fields(cfg, config))
     recorded = config.get("train_config", {}).get("data")
     data = cfg.data or (Path(recorded) if recorded else None)
     if data is None:
@@ -370,7 +386,8 @@ def evaluate(cfg: EvalConfig) -> tuple[list[dict], dict]:
             "exclude_history": cfg.exclude_history, "by_history": cfg.by_history,
             "history_len": cfg.history_len or None,
             "content_prior": {"weight": cfg.content_prior, "items_back": cfg.content_items,
-                              "decay": cfg.content_decay} if cfg.content_prior > 0 else None,
+                              "decay": cfg.content_decay} if cfg.content_prior else None,
+            "content_prior_trained": config.get("content_prior"),
             "model_eval_seconds": round(model_seconds, 3), "model_warmup_seconds": round(warmup_seconds, 3)}
     return rows, meta
 
@@ -399,14 +416,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "items (1-20; 0: as in training, the last 20): a probe of how much of the history the model "
                     "uses; rows of prompts with an id history say so in their protocol (title and preference "
                     "prompts keep theirs)")
-    ap.add_argument("--content-prior", type=float, default=0.0, help="> 0: next-item full ranking is also "
+    ap.add_argument("--content-prior", type=float, help="> 0: next-item full ranking is also "
                     "reported ranked by log P(item) + this weight x a content prior, the TF-IDF similarity of each "
                     "item's title, brand and categories to the user's latest items (p5x.content; a row of its own, "
                     "labelled; one-token ids, --index atomic, only). On Beauty 6 was chosen on validation "
-                    "(bench/RESULTS.md, session 35); 0: off")
-    ap.add_argument("--content-items", type=int, default=3, help="the content prior's history items, newest first")
-    ap.add_argument("--content-decay", type=float, default=0.5, help="the content prior's weight of the j-th "
-                    "newest history item: decay ** j")
+                    "(bench/RESULTS.md, session 35); 0: off. Default: the weight the checkpoint was trained with "
+                    "(train.py --content-prior), else 0")
+    ap.add_argument("--content-items", type=int, help="the content prior's history items, newest first "
+                    "(default: as trained, else 3)")
+    ap.add_argument("--content-decay", type=float, help="the content prior's weight of the j-th "
+                    "newest history item: decay ** j (default: as trained, else 0.5)")
     ap.add_argument("--no-baselines", action="store_true", help="skip the same-split baseline rows")
     ap.add_argument("--baseline-epochs", type=int, default=50, help="SASRec epochs for the baseline rows")
     ap.add_argument("--out", type=Path, help="directory for metrics.json/metrics.md (default CKPT/eval)")
@@ -423,7 +442,9 @@ def main(argv=None) -> int:
             raise ConfigError(f"--templates: expected seen, unseen or seen,unseen, got {args.templates!r}")
         if args.beams < 1 or args.batch_size < 1 or args.per_kind < 0:
             raise ConfigError("--beams and --batch-size must be positive, --per-kind not negative")
-        if args.content_prior < 0 or args.content_items < 1 or not 0 < args.content_decay <= 1:
+        if (args.content_prior is not None and args.content_prior < 0) or \
+                (args.content_items is not None and args.content_items < 1) or \
+                (args.content_decay is not None and not 0 < args.content_decay <= 1):
             raise ConfigError("--content-prior must be >= 0, --content-items >= 1 and --content-decay in (0, 1]")
         cfg = EvalConfig(args.checkpoint, args.data, args.tasks, args.split, groups, args.beams,
                          args.batch_size, args.max_users, not args.no_baselines, args.baseline_epochs,

@@ -120,6 +120,8 @@ class Featurizer:
         # tokens either way, so they are left as they are. Checkpoints record the choice.
         self.target_space = (decoder_only and _spaces_are_word_starts(tokenizer)) if target_space is None \
             else bool(target_space)
+        # training's --content-prior: batches also carry prior_rows (next_item_rows)
+        self.mark_next_items = False
 
     def target_text(self, text: str) -> str:
         """The text the target encoder tokenizes for `text` (see target_space)."""
@@ -194,4 +196,14 @@ class Featurizer:
         if all("task" in r for r in rows):
             # consumed by the trainer for per-family loss logging, never passed to the model
             batch["task_ids"] = torch.tensor([FAMILY_IDS.get(r["task"], -1) for r in rows])
+        if self.mark_next_items:
+            batch["prior_rows"] = next_item_rows(rows)
         return batch
+
+
+def next_item_rows(rows: Sequence[dict]) -> torch.Tensor:
+    """bool [len(rows)]: which rows are next-item prompts (family sequential, kind next), the rows
+    whose answer training's --content-prior adds its bonus to. Rows must carry task and kind."""
+    if not all("task" in r and "kind" in r for r in rows):
+        raise ConfigError("--content-prior: training rows need their 'task' and 'kind' columns")
+    return torch.tensor([r["task"] == "sequential" and r["kind"] == "next" for r in rows], dtype=torch.bool)

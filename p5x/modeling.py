@@ -237,6 +237,8 @@ class P5XModel(nn.Module):
         self.backbone = backbone
         self.config = backbone.config  # Trainer and DeepSpeed read hidden sizes from here
         self.decoder_only = not backbone.config.is_encoder_decoder
+        # training's --content-prior: a p5x.content.AnswerPrior (buffers only, never saved), else None
+        self.answer_prior = None
         self.word_embed = None
         if whole_word:
             tok_embed = backbone.get_input_embeddings()
@@ -265,10 +267,12 @@ class P5XModel(nn.Module):
         return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
     def forward(self, input_ids, attention_mask, whole_word_ids=None, labels=None, decoder_input_ids=None,
-                logits_to_keep: int = 0):
+                logits_to_keep: int = 0, prior_rows=None):
         # no **kwargs: HF Trainer reads a catch-all as "computes its own loss normalisation"
         # logits_to_keep (decoder-only, scoring): logits of the last N positions only (0: all);
         # the vocabulary projection is a fifth of SmolLM2's forward FLOPs at every position
+        # prior_rows (bool [B], training with labels): the rows whose first answer step gets
+        # answer_prior's bonus (next-item prompts); ignored when the model has no answer_prior
         embeds = self.embed(input_ids, whole_word_ids)
         extra = {"position_ids": self._positions(attention_mask)} if self.decoder_only else {}
         if logits_to_keep:
@@ -282,11 +286,17 @@ class P5XModel(nn.Module):
         if labels is None:
             return self.backbone(inputs_embeds=embeds, attention_mask=attention_mask, **extra)
         if self.decoder_only:
+            if self.answer_prior is not None:
+                raise ConfigError("answer_prior: for an encoder-decoder only")
             return self._answer_loss(embeds, attention_mask, labels, extra)
         # the loss computed here rather than by the backbone: the same token mean, plus each row's
         # mean (row_loss) from the same cross-entropy, which the trainer logs per family
         extra.setdefault("decoder_input_ids", self.backbone.prepare_decoder_input_ids_from_labels(labels=labels))
         out = self.backbone(inputs_embeds=embeds, attention_mask=attention_mask, **extra)
+        if self.answer_prior is not None and prior_rows is not None:
+            # out of place: the bonus joins the first answer step's logits, which the loss then scores
+            bias = self.answer_prior(input_ids, prior_rows, out.logits.shape[-1]).to(out.logits.dtype)
+            out.logits = torch.cat([out.logits[:, :1] + bias[:, None], out.logits[:, 1:]], 1)
         return _with_token_loss(out, out.logits, labels, self.training, self._smoothing())
 
     def _answer_loss(self, embeds, attention_mask, labels, extra):

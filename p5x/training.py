@@ -98,6 +98,17 @@ class TrainConfig:
                                                                "so that an item of the history is not predicted as "
                                                                "its own next item (0: off; p5x.training."
                                                                "history_unlikelihood)"})
+    content_prior: float = field(default=0.0, metadata={"help": "with --index atomic on a T5: train with W times "
+                                                        "p5x.content's prior (the TF-IDF similarity of each item's "
+                                                        "title, brand and categories to the history's last items) "
+                                                        "added to the answer step's item logits of every next-item "
+                                                        "prompt, so the model learns what the prior leaves; the "
+                                                        "checkpoint records W and p5x.evaluate and generate.py rank "
+                                                        "with it by default (0: off; 6 on Beauty, bench/RESULTS.md "
+                                                        "session 36)"})
+    content_items: int = field(default=3, metadata={"help": "--content-prior: the history items it reads, newest first"})
+    content_decay: float = field(default=0.5, metadata={"help": "--content-prior: the weight of the j-th newest "
+                                                        "history item is decay ** j"})
     history_dropout: float = field(default=0.0, metadata={"help": "the sequential family's training prompts only: "
                                                           "leave each item of the history the prompt shows, but the "
                                                           "most recent, out with this probability, drawn afresh each "
@@ -252,6 +263,14 @@ class TrainConfig:
                 raise ConfigError(f"--history-unlikelihood: must be >= 0, got {self.history_unlikelihood}")
             if self.index != "atomic":
                 raise ConfigError(f"--history-unlikelihood: needs --index atomic (one token per item), got {self.index}")
+        if self.content_prior:
+            if self.content_prior < 0 or self.content_items < 1 or not 0 < self.content_decay <= 1:
+                raise ConfigError("--content-prior must be >= 0, --content-items >= 1 and --content-decay in (0, 1], "
+                                  f"got {self.content_prior}, {self.content_items}, {self.content_decay}")
+            if self.index != "atomic":
+                raise ConfigError(f"--content-prior: needs --index atomic (one token per item), got {self.index}")
+            if self.tasks != "all" and "sequential" not in self.families():
+                raise ConfigError(f"--content-prior: acts on next-item prompts; --tasks {self.tasks} has no sequential")
         if self.dropout != -1.0 and not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"--dropout: expected a probability in [0, 1) or -1 (the backbone's own), got {self.dropout}")
         if not 0 <= self.label_smoothing < 1:
@@ -585,18 +604,20 @@ def encode_rows(featurizer, batch: dict) -> dict:
 
 
 def pretokenize(rows, featurizer, workers: int = 1):
-    """Rows -> {input_ids, whole_word_ids, labels, task}: tokenized once, in row order.
+    """Rows -> {input_ids, whole_word_ids, labels, task[, kind]}: tokenized once, in row order.
 
     Stored as int32 / int16 (word ids are clipped below max_words), a quarter to half of the int64
     default: one Beauty epoch is ~780k rows.
     """
     import datasets
 
-    keep = {"input_ids", "whole_word_ids", "labels", "task"}
+    # kind too under --content-prior (its next-item rows; cache_key marks such caches)
+    keep = {"input_ids", "whole_word_ids", "labels", "task"} | ({"kind"} if featurizer.mark_next_items else set())
     seq = lambda t: datasets.Sequence(datasets.Value(t))  # noqa: E731
     feats = datasets.Features({"input_ids": seq("int32"), "labels": seq("int32"),
                                "whole_word_ids": seq("int16" if featurizer.max_words < 2 ** 15 else "int32"),
-                               **({"task": datasets.Value("string")} if "task" in rows.column_names else {})})
+                               **{c: datasets.Value("string") for c in ("task", "kind")
+                                  if c in keep and c in rows.column_names}})
     return rows.map(lambda b: encode_rows(featurizer, b), batched=True, batch_size=2000, features=feats,
                     num_proc=workers if workers > 1 else None, desc="pre-tokenizing",
                     remove_columns=[c for c in rows.column_names if c not in keep])
@@ -609,13 +630,15 @@ class PaddingCollator:
         self.featurizer = featurizer
 
     def __call__(self, rows: list[dict]) -> dict:
-        from .features import FAMILY_IDS
+        from .features import FAMILY_IDS, next_item_rows
 
         f = self.featurizer
         batch = f._pack([r["input_ids"] for r in rows], [r["whole_word_ids"] for r in rows], f.padding_side)
         batch["labels"] = f._pad([r["labels"] for r in rows], -100, f.padding_side if f.decoder_only else "right")
         if all("task" in r for r in rows):
             batch["task_ids"] = torch.tensor([FAMILY_IDS.get(r["task"], -1) for r in rows])
+        if f.mark_next_items:
+            batch["prior_rows"] = next_item_rows(rows)
         return batch
 
 
@@ -877,7 +900,8 @@ def cache_key(cfg: TrainConfig, ds) -> dict:
     """What the pre-tokenized rows depend on; a cache with another key is rebuilt, never reused."""
     return {"data_hash": ds.data_hash, "templates_hash": templates_hash(), "format": CACHE_FORMAT,
             **{k: getattr(cfg, k) for k in _CACHE_FIELDS if k not in _CACHE_DEFAULTS
-               or getattr(cfg, k) != _CACHE_DEFAULTS[k]}}
+               or getattr(cfg, k) != _CACHE_DEFAULTS[k]},
+            **({"kind_column": True} if cfg.content_prior else {})}  # --content-prior keeps each row's kind
 
 
 def load_cache(out: Path, key: dict):
@@ -937,6 +961,8 @@ def train(cfg: TrainConfig, make_rows=task_rows, callbacks=()) -> Path:
     cfg.validate()
     out = Path(cfg.output)
     spec = resolve_backbone(cfg.model)
+    if cfg.content_prior and spec.decoder_only:
+        raise ConfigError(f"--content-prior: needs an encoder-decoder (T5) backbone, got {cfg.model}")
     ds = load_dataset(cfg.data)
     resume_from = last_checkpoint(out) if cfg.resume else None
     if cfg.resume and resume_from is None:
@@ -966,6 +992,10 @@ def train(cfg: TrainConfig, make_rows=task_rows, callbacks=()) -> Path:
                             cfg.max_source_len, cfg.max_target_len, cfg.max_words,
                             padding_side="left" if spec.decoder_only else "right", target_space=target_space,
                             word_numbering=cfg.word_numbering)
+    if cfg.content_prior:
+        if "kind" not in rows.column_names:
+            raise ConfigError("--content-prior: these training rows have no 'kind' column to find next-item prompts by")
+        featurizer.mark_next_items = True
     if cfg.pretokenize and cached is None:
         t0 = time.perf_counter()
         rows = pretokenize(rows, featurizer, cfg.workers)
@@ -993,13 +1023,24 @@ def train(cfg: TrainConfig, make_rows=task_rows, callbacks=()) -> Path:
         init_s = time.perf_counter() - t0
         print(f"item embeddings: {n} of {len(index)} rows from {source[cfg.item_init]} ({init_s:.1f} s)",
               file=sys.stderr)
+    if cfg.content_prior:
+        from .content import AnswerPrior, ContentPrior
+        from .iteminit import item_token_ids
+
+        t0 = time.perf_counter()
+        model.answer_prior = AnswerPrior(ContentPrior(ds, list(index.codes), cfg.content_items, cfg.content_decay),
+                                         item_token_ids(tokenizer, index, "--content-prior"), cfg.content_prior)
+        print(f"content prior: {len(index)} items' texts, weight {cfg.content_prior:g} "
+              f"({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
     meta = {"backbone": cfg.model, "backbone_kind": spec.kind, "pretrained": spec.pretrained,
             "whole_word": cfg.whole_word_embeddings == "on", "max_words": cfg.max_words,
             "word_numbering": cfg.word_numbering, "target_space": featurizer.target_space,
             "max_source_len": cfg.max_source_len, "max_target_len": cfg.max_target_len,
             "tasks": trained_families(rows, cfg), "indexing": cfg.index, "seed": cfg.seed, "data_hash": ds.data_hash,
             "data_name": ds.name, "templates_hash": templates_hash(),
-            "peft": lora_kwargs(cfg) if cfg.peft == "lora" else None, "train_config": asdict(cfg)}
+            "peft": lora_kwargs(cfg) if cfg.peft == "lora" else None, "train_config": asdict(cfg),
+            "content_prior": {"weight": cfg.content_prior, "items_back": cfg.content_items,
+                              "decay": cfg.content_decay} if cfg.content_prior else None}
 
     def save(out_dir, m, state_dict=None):
         from .checkpoint import save_checkpoint

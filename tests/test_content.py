@@ -173,3 +173,156 @@ def test_generate_with_the_content_prior(atomic_dir, toy_ds, toy_dir, tmp_path):
     assert len(preds.read_text().splitlines()) == len(toy_ds.users)
     r = _gen(*args, "--content-prior", "-2")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--content-prior" in r.stderr
+
+
+# -- training with the prior (train.py --content-prior) --------------------------------------------
+
+@pytest.fixture(scope="module")
+def prior_run(toy_dir, tmp_path_factory):
+    """Sequential training with the prior at weight 2 (kinds next and candidates: the prior is for next only)."""
+    return _tiny_run(toy_dir, tmp_path_factory.mktemp("content_trained") / "ckpt", index="atomic",
+                     tasks="sequential", content_prior=2.0, pretokenize=True)
+
+
+def _next_rows(run, toy_ds):
+    """The run's next-item and candidate training rows, rendered again as the run rendered them."""
+    from p5x.tasks import make_context
+    from p5x.training import render_epochs
+
+    ck = load_checkpoint(run, data=toy_ds)
+    ctx = make_context(toy_ds, index_method="atomic", seed=0, index=ck.index, user_index=ck.user_index)
+    rows = render_epochs(ctx, ["sequential"], 1, 0)
+    return ck, ctx, rows
+
+
+def test_the_training_bias_is_the_prior_of_the_prompt_history(prior_run, toy_ds):
+    """AnswerPrior reads each next-item prompt's history from its item tokens: its bonus equals
+    ContentPrior.scores of the history the prompt was rendered from; other rows get none."""
+    from p5x.content import AnswerPrior
+    from p5x.features import Featurizer, next_item_rows
+    from p5x.iteminit import item_token_ids
+
+    ck, ctx, rows = _next_rows(prior_run, toy_ds)
+    items = list(ck.index.codes)
+    cp = ContentPrior(toy_ds, items)
+    tokens = item_token_ids(ck.tokenizer, ck.index)
+    ap = AnswerPrior(cp, tokens, 2.0)
+    f = Featurizer(ck.tokenizer, False, True, 256, 24, word_numbering=ck.config["word_numbering"])
+    f.mark_next_items = True
+    picked = [r for r in rows if r["kind"] == "next"][:12] + [r for r in rows if r["kind"] == "candidates"][:4]
+    assert len(picked) == 16
+    batch = f(picked)
+    assert batch["prior_rows"].tolist() == [True] * 12 + [False] * 4
+    assert next_item_rows(picked).tolist() == batch["prior_rows"].tolist()
+    bias = ap(batch["input_ids"], batch["prior_rows"], len(ck.tokenizer) + 3)
+    # the histories the rows were rendered from: the user's training sequence before the answer
+    seqs = ctx.split.train
+    hist = []
+    for r in picked[:12]:
+        seq = [x.item_id for x in seqs[r["user_id"]]]
+        cut = max(k for k, x in enumerate(seq) if x == r["item_id"])  # toy sequences: the answer's last place
+        hist.append(seq[:cut])
+    want = 2.0 * cp.scores(hist)
+    got = bias[:12][:, torch.tensor(tokens)].numpy()
+    np.testing.assert_allclose(got, want, atol=2e-3)  # the table is float16
+    assert want.any(axis=1).sum() >= 6  # most toy histories have text neighbours: the check has teeth
+    assert not bias[12:].any()  # candidate prompts list items that are not a history
+    others = torch.ones(bias.shape[1], dtype=torch.bool)
+    others[torch.tensor(tokens)] = False
+    assert not bias[:, others].any()  # nothing but item tokens moves
+
+
+def test_the_model_adds_the_bias_to_the_first_answer_step_only(prior_run, toy_ds):
+    ck, _, rows = _next_rows(prior_run, toy_ds)
+    from p5x.content import AnswerPrior
+    from p5x.features import Featurizer
+    from p5x.iteminit import item_token_ids
+
+    model = ck.model
+    model.answer_prior = AnswerPrior(ContentPrior(toy_ds, list(ck.index.codes)),
+                                     item_token_ids(ck.tokenizer, ck.index), 2.0)
+    f = Featurizer(ck.tokenizer, False, True, 256, 24, word_numbering=ck.config["word_numbering"])
+    f.mark_next_items = True
+    batch = f([r for r in rows if r["kind"] == "next"][:6])
+    batch.pop("task_ids")  # the trainer's, for its logging
+    model.eval()
+    with_bias = model(**batch)
+    plain = model(**{k: v for k, v in batch.items() if k != "prior_rows"})
+    bias = model.answer_prior(batch["input_ids"], batch["prior_rows"], plain.logits.shape[-1])
+    assert bias.abs().sum() > 0
+    torch.testing.assert_close(with_bias.logits[:, 0], plain.logits[:, 0] + bias)
+    torch.testing.assert_close(with_bias.logits[:, 1:], plain.logits[:, 1:])
+    assert with_bias.loss != plain.loss
+    # no state of its own reaches a checkpoint
+    assert not any(k.startswith("answer_prior") for k in model.state_dict())
+
+
+def test_a_prior_trained_checkpoint_ranks_with_its_prior_by_default(prior_run, toy_ds, tmp_path, capsys):
+    from test_evaluate import _gen
+
+    cfg = json.loads((prior_run / "p5x_config.json").read_text())
+    assert cfg["content_prior"] == {"weight": 2.0, "items_back": 3, "decay": 0.5}
+    key = json.loads((prior_run / "pretokenized" / "key.json").read_text())
+    assert key["kind_column"] is True
+    out = tmp_path / "ev"
+    assert evaluate_main(["--checkpoint", str(prior_run), "--tasks", "sequential", "--templates", "seen",
+                          "--template-ids", "sequential-1", "--beams", "5", "--max-users", "8", "--no-baselines",
+                          "--no-progress", "--out", str(out)]) == 0
+    res = json.loads((out / "metrics.json").read_text())
+    protocols = [r["protocol"] for r in res["rows"] if r["task"] == "sequential/next"]
+    assert protocols == ["full ranking, model alone (trained with 2 x content prior)",
+                         "full ranking + 2 x content prior (3 items back, decay 0.5)"]
+    assert res["meta"]["content_prior_trained"]["weight"] == 2.0
+    capsys.readouterr()
+    assert evaluate_main(["--checkpoint", str(prior_run), "--tasks", "sequential", "--templates", "seen",
+                          "--template-ids", "sequential-1", "--beams", "5", "--max-users", "8", "--no-baselines",
+                          "--no-progress", "--content-prior", "0", "--out", str(tmp_path / "off")]) == 0
+    off = json.loads((tmp_path / "off" / "metrics.json").read_text())
+    assert [r["protocol"] for r in off["rows"] if r["task"] == "sequential/next"] == \
+        ["full ranking, model alone (trained with 2 x content prior)"]
+    # generate.py: the checkpoint's weight unless told otherwise
+    user = sorted(toy_ds.users)[0]
+    args = ("--checkpoint", str(prior_run), "--task", "sequential", "--user", user, "--json", "--top-k", "5")
+    default, explicit, none = _gen(*args), _gen(*args, "--content-prior", "2"), _gen(*args, "--content-prior", "0")
+    assert default.returncode == explicit.returncode == none.returncode == 0
+    assert default.stdout == explicit.stdout
+
+
+def test_training_with_the_prior_refuses_what_it_cannot_serve(toy_dir, tmp_path):
+    from p5x.training import TrainConfig, train
+
+    base = dict(data=str(toy_dir), output=str(tmp_path / "x"), use_cpu=True, tasks="sequential")
+    with pytest.raises(ConfigError, match="--index atomic"):
+        TrainConfig(**base, content_prior=2.0).validate()
+    with pytest.raises(ConfigError, match="--content-prior"):
+        TrainConfig(**base, index="atomic", content_prior=-1.0).validate()
+    with pytest.raises(ConfigError, match="no sequential"):
+        TrainConfig(**{**base, "tasks": "direct"}, index="atomic", content_prior=2.0).validate()
+    with pytest.raises(ConfigError, match="encoder-decoder"):
+        train(TrainConfig(**base, index="atomic", content_prior=2.0, model="llama-tiny"))
+    assert not (tmp_path / "x").exists()
+
+
+def test_training_with_the_prior_resumes_exactly_and_changes_what_is_learnt(toy_dir, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from p5x.training import TrainConfig, train
+
+    def cfg(out, **kw):
+        return TrainConfig(data=str(toy_dir), output=str(out), epochs=1, batch_size=16, max_steps=6, save_steps=3,
+                           logging_steps=2, use_cpu=True, vocab_size=300, lr=3e-3, max_source_len=256,
+                           max_target_len=24, index="atomic", tasks="sequential", pretokenize=True, **kw)
+
+    full = train(cfg(tmp_path / "full", content_prior=2.0))
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    shutil.copytree(full / "checkpoint-3", killed / "checkpoint-3")  # killed after its step-3 checkpoint
+    resumed = train(cfg(killed, content_prior=2.0, resume=True))
+    a, b = load_file(str(full / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert a.keys() == b.keys() and not any(k.startswith("answer_prior") for k in a)
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+    plain = load_file(str(train(cfg(tmp_path / "plain")) / "model.safetensors"))
+    assert any(not torch.allclose(plain[k], a[k], atol=1e-4) for k in a)  # the bonus reaches the gradients
