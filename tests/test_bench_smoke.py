@@ -46,6 +46,14 @@ def test_padding_collator_matches_featurizer(toy_ds, tmp_path, decoder_only):
         assert torch.equal(want[k], got[k]), k
     one = encode_rows(feat, {"inputs": [rows[0]["inputs"]], "targets": [rows[0]["targets"]]})
     assert one["labels"][0][-1] == tok.eos_token_id
+    # under --content-prior the rows keep their kind and both collators flag the next-item prompts
+    feat.mark_next_items = True
+    rows = [{**r, "kind": "next" if r["inputs"].endswith("what next ?") else "yesno"} for r in rows]
+    pre = pretokenize(datasets.Dataset.from_list(rows), feat)
+    assert "kind" in pre.column_names
+    want, got = feat(rows), PaddingCollator(feat)(pre.to_list())
+    flags = [r["task"] == "sequential" and r["kind"] == "next" for r in rows]
+    assert want["prior_rows"].tolist() == got["prior_rows"].tolist() == flags and any(flags) and not all(flags)
 
 
 def _cfg(data, out, **kw):
@@ -370,6 +378,8 @@ def test_oneshot_ablation_goes_over_the_train_flags(tmp_path):
     # the content prior's row (one-token ids only): the main run has it, an ablation without atomic ids not
     assert load(REPO / "bench" / "beauty" / "config.json")[1]["content_prior"] == 6
     assert "content_prior" not in load(REPO / "bench" / "beauty" / "config.json", "index_random")[1]
+    trained = load(REPO / "bench" / "beauty" / "config.json", "content_prior_trained")  # the prior in the loss too
+    assert trained[0]["content_prior"] == 6 and trained[1]["content_prior"] == 6
     main = load(REPO / "bench" / "beauty" / "config.json")[0]
     assert main["whole_word_embeddings"] == "on"
     # the one-command run trains next-item prompts alone (RESULTS session 15); the curriculum it replaced
