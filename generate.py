@@ -309,8 +309,9 @@ def main(argv=None) -> int:
     try:
         if args.top_k < 1 or args.beams < 1:
             raise ConfigError("--top-k and --beams must be positive")
-        if args.content_prior is not None and args.content_prior < 0:
-            raise ConfigError(f"--content-prior: expected >= 0, got {args.content_prior}")
+        from p5x.content import check_prior_settings
+
+        check_prior_settings(args.content_prior)
         if args.output and not args.split:
             raise ConfigError("--output is for batch mode: add --split test (or valid)")
         if args.split and args.task == "review" and args.text:

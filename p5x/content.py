@@ -163,3 +163,13 @@ def prior_settings(weight: float | None, items_back: int | None, decay: float | 
     return (float(rec.get("weight", 0.0)) if weight is None else float(weight),
             int(rec.get("items_back", 3)) if items_back is None else int(items_back),
             float(rec.get("decay", 0.5)) if decay is None else float(decay))
+
+
+def check_prior_settings(weight: float | None, items_back: int | None = None, decay: float | None = None) -> None:
+    """One-line ConfigError for a bad --content-prior / --content-items / --content-decay (None: not given)."""
+    from .errors import ConfigError
+
+    if (weight is not None and weight < 0) or (items_back is not None and items_back < 1) or \
+            (decay is not None and not 0 < decay <= 1):
+        raise ConfigError("--content-prior must be >= 0, --content-items >= 1 and --content-decay in (0, 1], "
+                          f"got {weight}, {items_back}, {decay}")

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from . import metrics as M
-from .content import prior_settings
+from .content import check_prior_settings, prior_settings
 from .errors import ConfigError, P5XError, close_matches
 from .inference import (build_item_trie, check_prior_supported, generate_text, rank_items, target_logprob,
                         yes_probability)
@@ -442,10 +442,7 @@ def main(argv=None) -> int:
             raise ConfigError(f"--templates: expected seen, unseen or seen,unseen, got {args.templates!r}")
         if args.beams < 1 or args.batch_size < 1 or args.per_kind < 0:
             raise ConfigError("--beams and --batch-size must be positive, --per-kind not negative")
-        if (args.content_prior is not None and args.content_prior < 0) or \
-                (args.content_items is not None and args.content_items < 1) or \
-                (args.content_decay is not None and not 0 < args.content_decay <= 1):
-            raise ConfigError("--content-prior must be >= 0, --content-items >= 1 and --content-decay in (0, 1]")
+        check_prior_settings(args.content_prior, args.content_items, args.content_decay)
         cfg = EvalConfig(args.checkpoint, args.data, args.tasks, args.split, groups, args.beams,
                          args.batch_size, args.max_users, not args.no_baselines, args.baseline_epochs,
                          args.out, args.device, not args.no_progress,

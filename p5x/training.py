@@ -264,9 +264,8 @@ class TrainConfig:
             if self.index != "atomic":
                 raise ConfigError(f"--history-unlikelihood: needs --index atomic (one token per item), got {self.index}")
         if self.content_prior:
-            if self.content_prior < 0 or self.content_items < 1 or not 0 < self.content_decay <= 1:
-                raise ConfigError("--content-prior must be >= 0, --content-items >= 1 and --content-decay in (0, 1], "
-                                  f"got {self.content_prior}, {self.content_items}, {self.content_decay}")
+            from .content import check_prior_settings
+            check_prior_settings(self.content_prior, self.content_items, self.content_decay)
             if self.index != "atomic":
                 raise ConfigError(f"--content-prior: needs --index atomic (one token per item), got {self.index}")
             if self.tasks != "all" and "sequential" not in self.families():
