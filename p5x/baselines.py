@@ -28,6 +28,16 @@ prior alone: the TF-IDF similarity of the items' titles, brands and categories t
 three items (weights 1, .5, .25; no item its own neighbour), what `p5x.evaluate --content-prior`
 adds to the model's scores.
 
+`--content-prior W` adds, for the sequential task, a second row for each of popularity, transition,
+sasrec, markov and markov-untied: that model's next-item log-probability plus W times the same
+content prior, the sum `p5x.evaluate --content-prior W` ranks a p5x model by. These rows use the
+items' metadata, as the p5x rows with a content prior do, and are the fair bar for those: they show
+how much of such a row the text alone, joined to a count table or a fitted next-item model, already
+gives. The log-probabilities: popularity, the training counts plus one, normalised; transition,
+(successor count + TRANSITION_SMOOTHING x popularity) / (all successors + TRANSITION_SMOOTHING) of
+the last item; markov / markov-untied, the fitted model's softmax over the catalogue; sasrec, its
+softmax. (cooc is no probability model and gets no such row.)
+
 SASRec (Kang & McAuley 2018) here is trained with full-softmax cross-entropy over all items at
 every position, which is what makes it strong; `sasrec-sigmoid` is the same encoder with a
 P(like | history, item) head trained with BCE on liked (rating > 3) / disliked labels, for yes/no
@@ -58,6 +68,10 @@ N_NEGATIVES = 99
 TASKS = ("sequential", "direct", "rating")
 RANKERS = ("popularity", "transition", "sasrec")  # the sequential / direct baselines run by default
 EXTRA_RANKERS = ("cooc", "markov", "markov-untied", "content")  # on request only (--models)
+PRIOR_RANKERS = ("popularity", "transition", "sasrec", "markov", "markov-untied")  # get a + content row
+# pseudo-counts of popularity in the transition chain's probabilities, for its + content row (chosen on
+# Beauty's validation part among 0.1 .. 10,000 with the prior: bench/RESULTS.md, session 37)
+TRANSITION_SMOOTHING = 100.0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -119,6 +133,12 @@ def popularity_scores(split: Split, item_ids: list[str]) -> np.ndarray:
     return c - np.arange(len(item_ids)) * (0.5 / max(1, len(item_ids)))
 
 
+def popularity_probs(split: Split, item_ids: list[str]) -> np.ndarray:
+    """P(item) from the training counts plus one (float64, sums to 1): popularity's log-probability."""
+    c = popularity_counts(split, item_ids) + 1.0
+    return c / c.sum()
+
+
 def popularity_tiebreak(split: Split, item_ids: list[str], scale: float) -> torch.Tensor:
     """Popularity scaled into [0, scale] (float64): added to a ranker's scores, it orders only their ties."""
     pop = popularity_scores(split, item_ids)
@@ -171,6 +191,7 @@ class TransitionScorer:
         self.counts = transition_counts(split, item_ids)
         pop = popularity_scores(split, item_ids)
         self.prior = 0.9 * (pop - pop.min()) / max(1e-9, float(pop.max() - pop.min()))
+        self.pop_p = popularity_probs(split, item_ids)
 
     def __call__(self, histories: list[list[str]]) -> torch.Tensor:
         """[len(histories), n_items] scores over the whole catalogue."""
@@ -180,6 +201,17 @@ class TransitionScorer:
         if len(seen):
             out[seen] += self.counts[last[seen]].toarray()
         return torch.from_numpy(out)
+
+    def log_probs(self, histories: list[list[str]], smoothing: float = TRANSITION_SMOOTHING) -> torch.Tensor:
+        """[len(histories), n_items] float64 log P(next | last item): the last item's successor counts
+        plus `smoothing` pseudo-counts spread by popularity (training counts plus one); popularity
+        alone for an empty history or a last item never seen with a successor."""
+        out = np.tile(self.pop_p * smoothing, (len(histories), 1))
+        last = last_positions(self.pos, histories)
+        seen = np.flatnonzero(last >= 0)
+        if len(seen):
+            out[seen] += self.counts[last[seen]].toarray()
+        return torch.from_numpy(np.log(out / out.sum(1, keepdims=True)))
 
     def candidate_scores(self, histories: list[list[str]], cands: list[list[str]]) -> np.ndarray:
         """[users, candidates] scores of each user's own candidate list (equal lengths)."""
@@ -204,15 +236,18 @@ class FactorScorer:
                  device: str | None = None, progress: bool = False):
         """device: where the eigendecomposition (cooc) or the fit (markov) runs, as train.py's
         --item-init does on its training device; None keeps to the CPU."""
-        from .iteminit import cooccurrence_vectors, fit_markov
+        from .iteminit import cache_dir, cooccurrence_vectors, fit_markov, item_vectors
 
         self.pos = {iid: j for j, iid in enumerate(item_ids)}
+        self.method = method
         if method == "cooc":
             self.vec = torch.from_numpy(cooccurrence_vectors(split, item_ids, dim, device=device)).double()
             self.query = self.vec
+        elif method == "markov-untied":  # the two tables train.py --item-init keeps in its cache, so reuse it
+            query, vec = item_vectors(method, split, item_ids, dim, seed, device, progress, cache=cache_dir())
+            self.vec, self.query = torch.from_numpy(vec).double(), torch.from_numpy(query).double()
         else:
-            vec, query, _ = fit_markov(split, item_ids, dim, seed, device, progress=progress,
-                                       two_tables=method == "markov-untied")
+            vec, query, _ = fit_markov(split, item_ids, dim, seed, device, progress=progress)
             self.vec, self.query = torch.from_numpy(vec).double(), torch.from_numpy(query).double()
         self.prior = popularity_tiebreak(split, item_ids, 1e-9)
 
@@ -224,6 +259,13 @@ class FactorScorer:
     def __call__(self, histories: list[list[str]]) -> torch.Tensor:
         """[len(histories), n_items] scores over the whole catalogue."""
         return self._query(histories) @ self.vec.T + self.prior
+
+    def log_probs(self, histories: list[list[str]]) -> torch.Tensor:
+        """[len(histories), n_items] the fitted next-item model's log-softmax over the catalogue (markov,
+        markov-untied; uniform for an empty history or an unknown last item)."""
+        if self.method == "cooc":
+            raise ValueError("cooc's vectors are no probability model; it has no log-probabilities")
+        return torch.log_softmax(self._query(histories) @ self.vec.T, dim=1)
 
     def candidate_scores(self, histories: list[list[str]], cands: list[list[str]]) -> np.ndarray:
         """[users, candidates] scores of each user's own candidate list (equal lengths)."""
@@ -530,6 +572,7 @@ class BaselineConfig:
     max_users: int | None = None  # score only the first N evaluated users (sorted ids), as p5x.evaluate
     models: tuple[str, ...] = RANKERS  # which sequential / direct baselines to run
     by_history: bool = False  # sequential full ranking also per history-length group (p5x.metrics)
+    content_prior: float | None = None  # W: also rank each PRIOR_RANKERS model's log-prob + W x p5x.content's prior
 
 
 def _row(model, task, protocol, metrics, **extra):
@@ -561,12 +604,13 @@ def run_baselines(ds: Dataset, cfg: BaselineConfig) -> list[dict]:
               for m in EXTRA_RANKERS if m in cfg.models and m != "content"}
     if "content" in cfg.models:
         factor["content"] = ContentScorer(ds, split, item_ids)
+    mixed = _with_content(ds, split, item_ids, cfg, trans, factor, lambda h: score_sasrec(sas, h))
     full = "full ranking" + (" (history excluded)" if cfg.exclude_history else "")
     if "sequential" in cfg.tasks:
         pop_t = torch.from_numpy(pop)
         scorers = (("popularity", lambda h: pop_t.expand(len(h), -1)), ("transition", trans),
                    ("sasrec", lambda h: score_sasrec(sas, h))) + tuple(factor.items())
-        for name, fn in [(n, f) for n, f in scorers if n in cfg.models]:
+        for name, fn in [(n, f) for n, f in scorers if n in cfg.models] + mixed:
             ranked = _full_rank(fn, hist, item_ids, max(SEQ_KS), cfg.exclude_history)
             rows.append(_row(name, "sequential", full, M.ranking_metrics(ranked, targets, SEQ_KS)))
             if cfg.by_history:
@@ -602,6 +646,29 @@ def run_baselines(ds: Dataset, cfg: BaselineConfig) -> list[dict]:
     if "rating" in cfg.tasks:
         rows += _rating_rows(split, cfg, set(users))
     return rows
+
+
+def content_row_name(model: str, weight: float) -> str:
+    return f"{model} + {weight:g} x content prior"
+
+
+def _with_content(ds, split, item_ids, cfg, trans, factor, sasrec_scores) -> list[tuple]:
+    """(row name, score function) for each requested PRIOR_RANKERS model with --content-prior: its
+    next-item log-probability + W x p5x.content's prior, popularity ordering exact ties (module doc)."""
+    if not cfg.content_prior:
+        return []
+    from .content import ContentPrior
+
+    prior = ContentPrior(ds, item_ids)
+    w = float(cfg.content_prior)
+    tie = popularity_tiebreak(split, item_ids, 1e-9)
+    log_pop = torch.from_numpy(np.log(popularity_probs(split, item_ids)))
+    base = {"popularity": lambda h: log_pop.expand(len(h), -1),
+            "transition": lambda h: trans.log_probs(h),
+            "sasrec": lambda h: torch.log_softmax(torch.from_numpy(sasrec_scores(h)).double(), dim=1)}
+    base.update({m: f.log_probs for m, f in factor.items() if m in ("markov", "markov-untied")})
+    return [(content_row_name(m, w), lambda h, b=base[m]: b(h) + w * torch.from_numpy(prior.scores(h)).double() + tie)
+            for m in PRIOR_RANKERS if m in cfg.models]
 
 
 def _yes_no_rows(ds, split, item_ids, users, hist, cfg) -> list[dict]:
@@ -660,6 +727,10 @@ def main(argv=None) -> int:
     ap.add_argument("--by-history", action="store_true",
                     help="sequential: also report the users of each history length apart (0, 1-3, 4-5, 6-10, "
                          "11-20, 21+ items), as p5x.evaluate --by-history")
+    ap.add_argument("--content-prior", type=float, default=None, metavar="W",
+                    help="sequential: also rank popularity, transition, sasrec, markov and markov-untied (those "
+                         "asked for in --models) by their next-item log-probability + W x the content prior "
+                         "p5x.evaluate --content-prior adds (item metadata; one more row each); off by default")
     ap.add_argument("--threads", type=int, default=0,
                     help="CPU threads for torch (0: torch's default; 1 is far faster on a busy shared CPU)")
     ap.add_argument("--max-users", type=int, default=None,
@@ -677,7 +748,10 @@ def main(argv=None) -> int:
         cfg = BaselineConfig(args.split, tasks, args.seed, args.epochs, args.device, args.dim, args.layers,
                              args.dropout, args.mf_epochs, args.exclude_history, not args.no_progress,
                              args.max_users, tuple(m.strip() for m in args.models.split(",") if m.strip()),
-                             args.by_history)
+                             args.by_history, args.content_prior)
+        from .content import check_prior_settings
+
+        check_prior_settings(args.content_prior)
         if args.max_users is not None and args.max_users < 1:
             raise ConfigError(f"--max-users: expected >= 1, got {args.max_users}")
         if args.threads < 0:
@@ -692,7 +766,7 @@ def main(argv=None) -> int:
                     "data_hash": ds.data_hash, "data": str(Path(args.data).resolve()),
                     "device": M.device_name(args.device), "tasks": list(tasks), "max_users": args.max_users,
                     "config": {k: getattr(cfg, k) for k in ("epochs", "dim", "layers", "dropout", "mf_epochs",
-                                                            "exclude_history", "models", "by_history")}}
+                                                            "exclude_history", "models", "by_history", "content_prior")}}
             M.write_results(Path(args.out) / "metrics.json", rows, meta)
             print(f"wrote {Path(args.out) / 'metrics.json'}", file=sys.stderr)
     except P5XError as e:

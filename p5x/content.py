@@ -169,7 +169,7 @@ def check_prior_settings(weight: float | None, items_back: int | None = None, de
     """One-line ConfigError for a bad --content-prior / --content-items / --content-decay (None: not given)."""
     from .errors import ConfigError
 
-    if (weight is not None and weight < 0) or (items_back is not None and items_back < 1) or \
+    if (weight is not None and not (weight >= 0 and weight != float("inf"))) or (items_back is not None and items_back < 1) or \
             (decay is not None and not 0 < decay <= 1):
         raise ConfigError("--content-prior must be >= 0, --content-items >= 1 and --content-decay in (0, 1], "
                           f"got {weight}, {items_back}, {decay}")

@@ -287,3 +287,74 @@ def test_by_history_rows_split_the_users_and_average_back(toy_ds):
             assert sum(r["n"] * r["metrics"][k] for r in parts) / len(users) == pytest.approx(v)
     assert not [r for r in B.run_baselines(toy_ds, B.BaselineConfig(tasks=("sequential",), **FAST))
                 if ", users with " in r["protocol"]]
+
+
+def test_transition_log_probs_by_hand(tmp_path):
+    """Same sequences as test_transition_scores_by_hand: A->B 2, A->C 1; training counts A3 B3 C2 D1 E0,
+    plus one each, spread the smoothing pseudo-counts."""
+    seqs = {"u1": "ABCDE", "u2": "ABDEC", "u3": "ACBD", "u4": "BAE"}
+    inters = [Interaction(u, i, 5.0, t) for u, s in seqs.items() for t, i in enumerate(s)]
+    split = time_split(write_dataset(tmp_path / "m", "m", "test", [Item(c) for c in "ABCDE"], inters))
+    t = B.TransitionScorer(split, list("ABCDE"))
+    pop = np.array([4, 4, 3, 2, 1]) / 14
+    for alpha in (0.5, 100.0):
+        lp = t.log_probs([["A"], [], ["x-unknown"]], smoothing=alpha).numpy()
+        want_a = (np.array([0, 2, 1, 0, 0]) + alpha * pop) / (3 + alpha)
+        assert np.allclose(np.exp(lp[0]), want_a) and np.allclose(np.exp(lp[1]), pop)
+        assert np.allclose(lp[1], lp[2])
+    assert np.allclose(B.popularity_probs(split, list("ABCDE")), pop)
+
+
+def test_markov_log_probs_are_the_fitted_softmax(toy_ds, monkeypatch):
+    split = time_split(toy_ds)
+    items = list(toy_ds.items)
+    f = B.FactorScorer(split, items, dim=8, method="markov-untied")
+    lp = f.log_probs([[items[0]], []])
+    assert torch.allclose(lp.exp().sum(1), torch.ones(2, dtype=lp.dtype))
+    assert torch.allclose(lp[0] - lp[0].max(), (f([[items[0]]])[0] - f.prior) - (f([[items[0]]])[0] - f.prior).max())
+    assert torch.allclose(lp[1], lp[1][0].expand(len(items)))  # no history: uniform
+    with pytest.raises(ValueError, match="cooc"):
+        B.FactorScorer(split, items, dim=8).log_probs([[items[0]]])
+    # the two tables come from train.py's --item-init cache, so a second scorer fits nothing
+    import p5x.iteminit as I
+
+    calls = []
+    real = I.fit_markov
+    monkeypatch.setattr(I, "fit_markov", lambda *a, **k: calls.append(1) or real(*a, **k))
+    g = B.FactorScorer(split, items, dim=8, method="markov-untied")
+    assert not calls and torch.equal(g.vec, f.vec) and torch.equal(g.query, f.query)
+
+
+def test_content_prior_rows_add_the_prior_to_each_log_prob(toy_ds, capsys):
+    """--content-prior W: one more sequential row per probability model, ranked by its log-probability
+    plus W x p5x.content's prior; none for cooc, the direct task or W = 0."""
+    from p5x.content import ContentPrior
+
+    split = time_split(toy_ds)
+    items = list(toy_ds.items)
+    users = split.eval_users("test")
+    hist = [split.history_ids(u, "test") for u in users]
+    cfg = B.BaselineConfig(tasks=("sequential", "direct"), models=("popularity", "transition", "cooc"),
+                           content_prior=3.0, **FAST)
+    trans = B.TransitionScorer(split, items)
+    mixed = dict(B._with_content(toy_ds, split, items, cfg, trans, {}, None))
+    assert set(mixed) == {"popularity + 3 x content prior", "transition + 3 x content prior"}
+    prior = torch.from_numpy(ContentPrior(toy_ds, items).scores(hist)).double()
+    got = mixed["transition + 3 x content prior"](hist)
+    assert torch.allclose(got, trans.log_probs(hist) + 3 * prior, atol=1e-8)
+    assert not torch.allclose(got, trans.log_probs(hist), atol=1e-3)  # the prior does move the scores
+    rows = B.run_baselines(toy_ds, cfg)
+    names = {(r["model"], r["task"]) for r in rows}
+    assert ("transition + 3 x content prior", "sequential") in names
+    assert ("popularity + 3 x content prior", "sequential") in names
+    assert not any("content prior" in m and t == "direct" for m, t in names)
+    assert not any(m.startswith("cooc +") for m, _ in names)
+    # the toy's next items share their group's words: the prior lifts popularity, as content alone does
+    m = {r["model"]: r["metrics"] for r in rows if r["task"] == "sequential"}
+    assert m["popularity + 3 x content prior"]["NDCG@10"] > m["popularity"]["NDCG@10"] + 0.1
+    off = B.run_baselines(toy_ds, B.BaselineConfig(tasks=("sequential",), models=("transition",),
+                                                   content_prior=0.0, **FAST))
+    assert [r["model"] for r in off] == ["transition"]
+    for bad in ("-1", "nan", "inf"):
+        assert B.main(["--data", str(toy_ds.root), "--tasks", "sequential", "--content-prior", bad]) == 2
+        assert "--content-prior" in capsys.readouterr().err
