@@ -11,6 +11,7 @@ from p5x.schema import load_dataset
 from p5x.split import time_split
 from p5x.baselines import FactorScorer, TransitionScorer
 from p5x.content import ContentPrior
+from p5x import metrics as M
 
 data, part = sys.argv[1], sys.argv[2]
 Ws = [float(x) for x in sys.argv[3].split(",")]
@@ -27,17 +28,17 @@ T = TransitionScorer(split, items)
 C = ContentPrior(ds, items)
 print("built", round(time.time() - t0), flush=True)
 combos = list(itertools.product(alphas, Ws, betas))
-acc = {c: [0.0, 0.0, 0.0] for c in combos}  # ndcg10, hr10, hr5
+ranks = {c: [] for c in combos}  # 0-based rank of each user's target, per combination
 for s in range(0, len(users), 1024):
     h = hist[s:s + 1024]; t = torch.from_numpy(tgt[s:s + 1024])
     m = F.log_probs(h).float(); c = torch.from_numpy(C.scores(h)); tr = T.log_probs(h).float()
     for a, w, b in combos:
         S = a * m + w * c + b * tr
         st = S.gather(1, t[:, None])
-        r = (S > st).sum(1).numpy()
-        acc[(a, w, b)][0] += float(np.where(r < 10, 1 / np.log2(r + 2), 0).sum())
-        acc[(a, w, b)][1] += float((r < 10).sum()); acc[(a, w, b)][2] += float((r < 5).sum())
-n = len(users)
-for k, v in acc.items():
-    print(f"alpha {k[0]:g} W {k[1]:g} beta {k[2]:g}: NDCG@10 {v[0]/n:.4f} HR@10 {v[1]/n:.4f} HR@5 {v[2]/n:.4f}", flush=True)
+        ranks[(a, w, b)].append((S > st).sum(1).numpy())
+for k, r in ranks.items():
+    r = np.concatenate(r)
+    print(f"alpha {k[0]:g} W {k[1]:g} beta {k[2]:g}: NDCG@10 {M.ndcg_at_k(None, None, 10, ranks=r):.4f} "
+          f"HR@10 {M.hit_rate_at_k(None, None, 10, ranks=r):.4f} HR@5 {M.hit_rate_at_k(None, None, 5, ranks=r):.4f}",
+          flush=True)
 print("sec", round(time.time() - t0))
